@@ -1,0 +1,1 @@
+"""ONNX export of every graph into a manifest-described bundle."""

@@ -1,0 +1,1 @@
+"""Hot ops defined once: torch function, ONNX lowering, numpy reference."""

@@ -1,0 +1,25 @@
+"""RMSNorm with fp32 statistics (Qwen3RMSNorm semantics; SPEC §6.1): torch function and numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x, weight, eps: float):
+    """y = weight · (x / sqrt(mean(x², -1) + eps)); variance and rsqrt in fp32, cast back before the weight.
+
+    The cast-back order matters for fp16/bf16 parity with the official model.
+    """
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(dtype)
+
+
+def rms_norm_ref(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    h = x.astype(np.float64)
+    h = h / np.sqrt((h * h).mean(-1, keepdims=True) + eps)
+    return (weight.astype(np.float64) * h).astype(x.dtype)

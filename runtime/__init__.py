@@ -1,0 +1,1 @@
+"""Torch-free runtime: numpy around ONNX Runtime sessions."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from acestep_edge.kernels.lowering import current_mode
+
 
 def band_mask(lq: int, lk: int, window: int | None, causal: bool = False, device=None):
     """Boolean [lq, lk] mask, True where attention is allowed; None when nothing is masked."""
@@ -31,8 +33,15 @@ def attention(q, k, v, *, window: int | None = None, causal: bool = False, key_p
 
     q [B, Hq, Lq, D]; k, v [B, Hkv, Lk, D] with Hq a multiple of Hkv (GQA: each KV head serves
     Hq/Hkv consecutive query heads). key_padding_mask [B, Lk] bool, True = valid key.
-    Returns [B, Hq, Lq, D]. Uses torch SDPA (the fastest PyTorch path on CPU and GPU).
+    Returns [B, Hq, Lq, D]. Uses torch SDPA (the fastest PyTorch path on CPU and GPU). Under
+    `kernels.lowering.use_lowering(mode)` it traces to that mode's ONNX form instead.
     """
+    mode = current_mode()
+    if mode is not None:
+        from acestep_edge.kernels.attention_onnx import lowered_attention
+
+        return lowered_attention(mode, q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
+                                 scale=scale)
     import torch
     import torch.nn.functional as F
 

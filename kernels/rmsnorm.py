@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from acestep_edge.kernels.lowering import current_mode
+
 
 def rms_norm(x, weight, eps: float):
     """y = weight · (x / sqrt(mean(x², -1) + eps)); variance and rsqrt in fp32, cast back before the weight.
 
-    The cast-back order matters for fp16/bf16 parity with the official model.
+    The cast-back order matters for fp16/bf16 parity with the official model. Under
+    `kernels.lowering.use_lowering(mode)` it traces to that mode's ONNX form.
     """
+    mode = current_mode()
+    if mode is not None:
+        from acestep_edge.kernels.norm_rotary_onnx import lowered_rms_norm
+
+        return lowered_rms_norm(mode, x, weight, eps)
     import torch
 
     dtype = x.dtype

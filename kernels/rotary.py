@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from acestep_edge.kernels.lowering import current_mode
+
 
 def rotary_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     """inv_freq_j = theta^(-2j/head_dim), j = 0..head_dim/2-1 (float32, as transformers builds it)."""
@@ -36,7 +38,15 @@ def rotate_half(x):
 
 
 def apply_rotary(x, cos, sin):
-    """x [B, H, L, D]; cos/sin [L, D] broadcast over batch and heads."""
+    """x [B, H, L, D]; cos/sin [L, D] broadcast over batch and heads.
+
+    Under `kernels.lowering.use_lowering(mode)` it traces to that mode's ONNX form.
+    """
+    mode = current_mode()
+    if mode is not None:
+        from acestep_edge.kernels.norm_rotary_onnx import lowered_apply_rotary
+
+        return lowered_apply_rotary(mode, x, cos, sin)
     return x * cos + rotate_half(x) * sin
 
 

@@ -239,9 +239,10 @@ def tiny(num_layers: int = 4, sliding_window: int = 4) -> ModelPreset:
         num_key_value_heads=2,
         head_dim=8,
     )
+    # The encoder emits encoder_hidden_size channels (mean | scale), so 64 latent channels need 128.
     vae = VaeConfig(
-        encoder_hidden_size=4,
-        channel_multiples=(1, 2, 2, 2, 2),
+        encoder_hidden_size=128,
+        channel_multiples=(1, 1, 1, 1, 1),
         decoder_channels=4,
         decoder_input_channels=64,
     )

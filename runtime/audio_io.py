@@ -1,0 +1,315 @@
+"""Audio I/O: atomic writers for WAV/FLAC/OGG/MP3, a numpy resampler, and source-audio loading."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+MODEL_SAMPLE_RATE = 48_000
+FORMATS = ("MP3", "WAV", "FLAC", "OGG")
+LOSSY_FORMATS = ("MP3", "OGG")
+MIME_TYPES = {"MP3": "audio/mpeg", "WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg"}
+EXTENSIONS = {"MP3": "mp3", "WAV": "wav", "FLAC": "flac", "OGG": "ogg"}
+# libsndfile format and default subtype per request format. WAV and FLAC are 16-bit PCM: what
+# Runware delivers and what every player reads; pass subtype="FLOAT"/"PCM_24" for more.
+_SF_FORMAT = {
+    "MP3": ("MP3", "MPEG_LAYER_III"),
+    "WAV": ("WAV", "PCM_16"),
+    "FLAC": ("FLAC", "PCM_16"),
+    "OGG": ("OGG", "VORBIS"),
+}
+
+# Sample rates a lossy output may use (Runware's table for ACE-Step models).
+LOSSY_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+DEFAULT_BITRATE_KBPS = 192
+
+
+def bitrate_limits(fmt: str, sample_rate: int, channels: int) -> tuple[int, int]:
+    """(min, max) kbps accepted for a lossy format at this sample rate and channel count."""
+    fmt = fmt.upper()
+    if fmt == "MP3":
+        # Runware's MP3 table, which is exactly the MPEG-1 / 2 / 2.5 bitrate range that
+        # libsndfile's LAME encoder maps compression levels onto; independent of channels.
+        if sample_rate >= 32000:
+            return 32, 320
+        if sample_rate >= 16000:
+            return 8, 160
+        return 8, 64
+    if fmt == "OGG":
+        # Runware publishes per-channel Vorbis limits; we hold its mono figures for <= 16 kHz and
+        # approximate libvorbis's managed-bitrate ranges elsewhere (see write_audio: Vorbis is VBR).
+        if sample_rate <= 8000:
+            mono = (8, 40)
+        elif sample_rate <= 12000:
+            mono = (16, 48)
+        elif sample_rate <= 24000:
+            mono = (16, 96)
+        elif sample_rate <= 32000:
+            mono = (32, 128)
+        else:
+            mono = (32, 240)
+        return (mono[0], mono[1]) if channels == 1 else (2 * mono[0], min(2 * mono[1], 500))
+    raise ValueError(f"bitrate applies to lossy formats only ({', '.join(LOSSY_FORMATS)}), not {fmt!r}")
+
+
+def default_bitrate(fmt: str, sample_rate: int, channels: int) -> int:
+    lo, hi = bitrate_limits(fmt, sample_rate, channels)
+    target = DEFAULT_BITRATE_KBPS if channels == 2 else DEFAULT_BITRATE_KBPS // 2
+    return int(min(max(target, lo), hi))
+
+
+class AudioError(ValueError):
+    """An audio input could not be read or an output could not be encoded as asked."""
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def _kaiser_sinc(m: np.ndarray, fc: float, half_width: int, beta: float) -> np.ndarray:
+    window = np.i0(beta * np.sqrt(np.clip(1.0 - (m / half_width) ** 2, 0.0, 1.0))) / np.i0(beta)
+    return 2.0 * fc * np.sinc(2.0 * fc * m) * window
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int, *, zeros: int = 24,
+             rolloff: float = 0.945, beta: float = 8.6) -> np.ndarray:
+    """Band-limited resampling of [channels, n] (or [n]) audio by the exact ratio sr_out/sr_in.
+
+    Polyphase Kaiser-windowed sinc (about 90 dB stop band, pass band to `rolloff`·Nyquist of the
+    lower rate). Output sample k sits at input time k·sr_in/sr_out, so the signal is not delayed.
+    """
+    if sr_in <= 0 or sr_out <= 0 or int(sr_in) != sr_in or int(sr_out) != sr_out:
+        raise ValueError(f"sample rates must be positive integers, got {sr_in} → {sr_out}")
+    x = np.asarray(audio, dtype=np.float64)
+    squeeze = x.ndim == 1
+    x = np.atleast_2d(x)
+    if sr_in == sr_out:
+        return np.array(x[0] if squeeze else x, dtype=np.float32)
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = int(sr_out) // g, int(sr_in) // g
+    n_in = x.shape[-1]
+    n_out = -(-n_in * up // down)  # ceil: keeps the last partial period
+    fc = 0.5 * rolloff / max(up, down)  # cutoff in cycles per sample of the up-sampled stream
+    half = int(math.ceil(zeros / (2.0 * fc)))  # filter half-width, up-sampled samples
+    pad = half // up + 2
+    xp = np.pad(x, ((0, 0), (pad, pad + down + 1)))
+    # Split the padded input by residue mod `down` so every strided read becomes contiguous.
+    phases = [np.ascontiguousarray(xp[:, r::down]) for r in range(down)]
+    y = np.zeros((x.shape[0], n_out), dtype=np.float64)
+    # Output j + up·q reads input q·down + s with tap h[j·down − up·s]; for a fixed phase j the
+    # taps are fixed and the reads are a stride-`down` slice, so each tap is one vector op.
+    for j in range(min(up, n_out)):
+        nq = -(-(n_out - j) // up)
+        s_lo = -((half - j * down) // up)  # ceil((j·down − half)/up)
+        s_hi = (j * down + half) // up
+        s = np.arange(s_lo, s_hi + 1)
+        taps = up * _kaiser_sinc((j * down - up * s).astype(np.float64), fc, half, beta)
+        acc = np.zeros((x.shape[0], nq))
+        for si, tap in zip(s.tolist(), taps.tolist()):
+            r, first = divmod(si + pad, down)[::-1]
+            acc += tap * phases[r][:, first:first + nq]
+        y[:, j::up] = acc
+    y = y.astype(np.float32)
+    return y[0] if squeeze else y
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _setting(settings: Any, name: str) -> Any:
+    # A mapping uses Runware's keys (sampleRate); an AudioSettings object its snake_case fields.
+    if settings is None:
+        return None
+    if isinstance(settings, Mapping):
+        return settings.get(name)
+    return getattr(settings, {"sampleRate": "sample_rate"}.get(name, name), None)
+
+
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    a = np.asarray(audio)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[0] not in (1, 2):
+        raise AudioError(f"audio must be [channels, samples] with 1 or 2 channels, got shape {a.shape}")
+    if a.shape[1] == 0:
+        raise AudioError("audio is empty (0 samples); nothing to write")
+    a = a.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise AudioError("audio contains NaN or Inf samples; refusing to write a corrupt file")
+    return a
+
+
+def _lossy_compression(fmt: str, sample_rate: int, channels: int, bitrate: int) -> float:
+    """Map a kbps target onto libsndfile's compression level (0 = best, 1 = smallest)."""
+    lo, hi = bitrate_limits(fmt, sample_rate, channels)
+    if not lo <= bitrate <= hi:
+        raise AudioError(
+            f"bitrate {bitrate} kbps is outside {lo}–{hi} kbps for {fmt} at {sample_rate} Hz, "
+            f"{channels} channel(s)"
+        )
+    if fmt == "MP3":
+        # libsndfile (CBR): kbps = max − level·(max − min). Level 1.0 itself is refused, so cap.
+        return min((hi - bitrate) / (hi - lo), 0.999)
+    # Vorbis: libsndfile sets VBR quality q = 10·(1 − level). Nominal libvorbis stereo 44.1 kHz
+    # bitrates for q0..q10, scaled by channels; the achieved bitrate is a VBR average.
+    nominal = np.array([64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 500], dtype=np.float64)
+    nominal *= channels / 2.0
+    q = float(np.interp(bitrate, nominal, np.arange(11.0)))
+    return float(np.clip(1.0 - q / 10.0, 0.0, 1.0))
+
+
+def prepare_audio(audio: np.ndarray, sample_rate: int, fmt: str, settings: Any = None
+                  ) -> tuple[np.ndarray, int]:
+    """Apply audioSettings (channels, sampleRate) and clip to [-1, 1]; returns ([n, ch], rate)."""
+    a = _check_audio(audio)
+    channels = _setting(settings, "channels") or a.shape[0]
+    if channels not in (1, 2):
+        raise AudioError(f"channels must be 1 or 2, got {channels!r}")
+    if channels == 1 and a.shape[0] == 2:
+        a = a.mean(axis=0, keepdims=True)
+    elif channels == 2 and a.shape[0] == 1:
+        a = np.repeat(a, 2, axis=0)
+    out_rate = int(_setting(settings, "sampleRate") or sample_rate)
+    if out_rate != sample_rate:
+        a = resample(a, sample_rate, out_rate)
+    # Clip ourselves: libsndfile's float→int conversion would otherwise wrap overshoots.
+    return np.clip(a, -1.0, 1.0).T.copy(), out_rate
+
+
+def encode_audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str, settings: Any = None,
+                       *, subtype: str | None = None) -> bytes:
+    """Encode [channels, n] float audio to the bytes of a WAV/FLAC/OGG/MP3 file."""
+    fmt = str(fmt).upper()
+    if fmt not in FORMATS:
+        raise AudioError(f"unknown audio format {fmt!r}; use one of {', '.join(FORMATS)}")
+    data, rate = prepare_audio(audio, sample_rate, fmt, settings)
+    sf_format, sf_subtype = _SF_FORMAT[fmt]
+    kwargs: dict[str, Any] = {}
+    if fmt in LOSSY_FORMATS:
+        channels = data.shape[1]
+        bitrate = _setting(settings, "bitrate") or default_bitrate(fmt, rate, channels)
+        kwargs["compression_level"] = _lossy_compression(fmt, rate, channels, int(bitrate))
+        if fmt == "MP3":
+            kwargs["bitrate_mode"] = "CONSTANT"
+    elif _setting(settings, "bitrate"):
+        raise AudioError(f"bitrate applies to {' and '.join(LOSSY_FORMATS)} only, not {fmt}")
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, data, rate, format=sf_format, subtype=subtype or sf_subtype, **kwargs)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"could not encode {fmt} at {rate} Hz: {exc}") from exc
+    return buf.getvalue()
+
+
+def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write payload to path via a same-directory temp file, fsync and rename.
+
+    Readers see either no file or the complete file; on any failure (including Ctrl-C) the temp
+    file is removed and nothing is left behind.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise AudioError(f"output directory {str(directory)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform lets a directory be opened (Windows).
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fmt: str,
+                settings: Any = None, *, subtype: str | None = None) -> Path:
+    """Encode [channels, n] float32 audio and write it atomically; returns the path.
+
+    `settings` is an AudioSettings-like object or mapping with optional sampleRate / bitrate
+    (kbps) / channels. MP3 is constant bitrate (exact); OGG Vorbis is VBR aimed at the bitrate.
+    """
+    payload = encode_audio_bytes(audio, sample_rate, fmt, settings, subtype=subtype)
+    return write_bytes_atomic(path, payload)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _source_bytes_or_path(source: str | os.PathLike) -> bytes | Path:
+    if isinstance(source, os.PathLike):
+        return Path(source)
+    if not isinstance(source, str) or not source:
+        raise AudioError(f"audio source must be a non-empty path or URI string, got {source!r}")
+    if source.startswith("data:"):
+        header, sep, payload = source.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise AudioError("data URI must look like 'data:audio/<type>;base64,<data>'")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise AudioError(f"data URI payload is not valid base64: {exc}") from exc
+    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    if scheme == "file":
+        return Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
+    if scheme in ("http", "https", "ftp", "s3"):
+        raise AudioError(f"{scheme}:// audio is not fetched by this offline runtime; download it "
+                         f"and pass a local path, a file:// URI or a data URI")
+    return Path(source)
+
+
+def read_audio(source: str | os.PathLike) -> np.ndarray:
+    """Load source audio (path, file:// URI or data URI) as [2, n] float32 at 48 kHz in [-1, 1].
+
+    Mono is duplicated to stereo; files with more than two channels keep the first two (front
+    left/right in WAV channel order).
+    """
+    src = _source_bytes_or_path(source)
+    if isinstance(src, Path) and not src.is_file():
+        raise AudioError(f"audio file {str(src)!r} does not exist")
+    try:
+        data, rate = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src),
+                             dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        where = "data URI" if isinstance(src, bytes) else repr(str(src))
+        raise AudioError(f"could not decode audio from {where}: {exc}; "
+                         f"supported: WAV, FLAC, OGG, MP3") from exc
+    if data.shape[0] == 0:
+        raise AudioError("source audio has no samples")
+    a = data.T[:2]
+    if a.shape[0] == 1:
+        a = np.repeat(a, 2, axis=0)
+    if rate != MODEL_SAMPLE_RATE:
+        a = resample(a, rate, MODEL_SAMPLE_RATE)
+    return np.clip(np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0).astype(np.float32)

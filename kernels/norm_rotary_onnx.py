@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from onnxscript import opset23 as op
 
-from acestep_edge.kernels.ort_schemas import msft
+from acestep_edge.kernels.ort_schemas import msft  # also registers the ORT schemas op.* needs
 
 from acestep_edge.kernels.lowering import eager
 from acestep_edge.kernels.rmsnorm import rms_norm as _eager_rms_norm
@@ -35,10 +35,29 @@ def _(x, cos, sin):
     return torch.empty_like(x)
 
 
+# The plain forms are written so that the exporter's opset-23 fusions (onnxscript's RMSNormalization
+# and RotaryEmbedding rewrite rules, on by default with optimize=True) do not match them: Div
+# instead of Reciprocal·Mul, and a ±1 sign vector instead of Neg. Both are exact in floating point.
+
+
+def plain_rms_norm(x, weight, eps: float):
+    """Same maths as `rms_norm` (fp32 statistics, cast back before the weight) in basic ops."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def plain_apply_rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    sign = torch.cat([-torch.ones(half, dtype=x.dtype, device=x.device), torch.ones(half, dtype=x.dtype, device=x.device)])
+    rotated = torch.cat([x[..., half:], x[..., :half]], dim=-1) * sign
+    return x * cos + rotated * sin
+
+
 def lowered_rms_norm(mode: str, x, weight, eps: float):
     if mode == "plain":
-        with eager():
-            return _eager_rms_norm(x, weight, eps)  # Pow/ReduceMean/Sqrt/Reciprocal/Mul after export
+        return plain_rms_norm(x, weight, eps)
     return torch.ops.acestep.rms_norm(x, weight, float(eps))
 
 
@@ -46,8 +65,7 @@ def lowered_apply_rotary(mode: str, x, cos, sin):
     # The fused ops take a half-width [L, D/2] cache, which assumes the Qwen layout cos = cat(f, f)
     # over [L, D] tables (what `rotary_cos_sin` builds); anything else stays in plain ops.
     if mode == "plain" or x.dim() != 4 or cos.dim() != 2 or sin.dim() != 2 or x.shape[-1] % 2:
-        with eager():
-            return _eager_apply_rotary(x, cos, sin)
+        return plain_apply_rotary(x, cos, sin)
     return torch.ops.acestep.apply_rotary(x, cos, sin)
 
 
@@ -60,15 +78,11 @@ def rms_norm_standard(x, weight, eps: float):
 
 
 def rms_norm_ort(x, weight, eps: float):
-    """ORT ``SkipSimplifiedLayerNormalization`` with a zero skip.
+    """ORT ``SimplifiedLayerNormalization`` (ONNX domain, ORT contrib kernel), statistics in fp32.
 
-    ORT's plain ``SimplifiedLayerNormalization`` lives in the ONNX domain at version 1, which an
-    opset-23 model cannot import next to the real ONNX ops (and onnx.checker rejects it); the
-    com.microsoft Skip variant is the contrib kernel reachable from any opset. The zero skip is a
-    broadcast scalar-shaped constant, so it costs one add per element.
+    Not the com.microsoft Skip variant: that one needs a materialised zero skip and 2-D/3-D input.
     """
-    zero = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), op.Shape(x))
-    return msft.SkipSimplifiedLayerNormalization(x, zero, weight, epsilon=eps)
+    return op.SimplifiedLayerNormalization(x, weight, axis=-1, epsilon=eps, stash_type=1)
 
 
 def _half_cache_and_positions(x, cos, sin):

@@ -1,7 +1,9 @@
 """Minimal onnx schemas for the ONNX Runtime contrib ops the ``ort`` lowering emits.
 
 The torch exporter builds every traced node from an ``onnx.defs`` schema, and onnx does not ship
-com.microsoft's. These declare only the inputs, outputs and attributes we use (ONNX Runtime's own
+ORT's. Registering them is process-wide: onnx.checker in this process then accepts these ops (a
+fresh process without this module rejects ``SimplifiedLayerNormalization``, which ORT itself keeps
+in the ONNX domain). These declare only the inputs, outputs and attributes we use (ONNX Runtime's own
 schemas, in its ``contrib_ops`` registry, are the authority at run time).
 """
 
@@ -36,12 +38,13 @@ def _schemas():
         attributes=[_attr("num_heads", a.INT, True), _attr("scale", a.FLOAT), _attr("unidirectional", a.INT),
                     _attr("mask_filter_value", a.FLOAT)],
     )
+    # ORT registers this contrib op in the ONNX domain (since version 1), as its own fusions emit it.
     yield _S(
-        "SkipSimplifiedLayerNormalization", DOMAIN, 1,
-        inputs=[_param("input", "T"), _param("skip", "T"), _param("gamma", "T"), _param("bias", "T", True)],
-        outputs=[_param("output", "T")],
-        type_constraints=[("T", _FLOATS, "")],
-        attributes=[_attr("epsilon", a.FLOAT)],
+        "SimplifiedLayerNormalization", "", 1,
+        inputs=[_param("X", "T"), _param("scale", "V")],
+        outputs=[_param("Y", "V")],
+        type_constraints=[("T", _FLOATS, ""), ("V", _FLOATS, "")],
+        attributes=[_attr("axis", a.INT), _attr("epsilon", a.FLOAT), _attr("stash_type", a.INT)],
     )
     yield _S(
         "RotaryEmbedding", DOMAIN, 1,
@@ -56,7 +59,7 @@ def _schemas():
 def register() -> None:
     """Register the schemas once (idempotent; skips any already known to onnx)."""
     for schema in _schemas():
-        if not onnx.defs.has(schema.name, schema.since_version, schema.domain):
+        if not onnx.defs.has(schema.name, schema.domain):
             onnx.defs.register_schema(schema)
 
 

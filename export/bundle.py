@@ -1,0 +1,202 @@
+"""Write a bundle directory (docs/bundle-format.md) atomically: graphs, manifest, tokenizer and small arrays."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from acestep_edge.export import parity as parity_mod
+from acestep_edge.export.graphs import GRAPH_NAMES, graph_specs
+from acestep_edge.export.inspect import FORMAT, FORMAT_VERSION, sha256_file
+from acestep_edge.export.onnx_export import OPSET, export_program, save_program
+from acestep_edge.export.precision import get_pass
+from acestep_edge.models.checkpoint import load_checkpoint
+from acestep_edge.models.config import PRESETS
+
+SAMPLER_DEFAULTS = {
+    "steps": 50, "shift": 3.0, "guidance": "apg", "cfg_scale": 7.0,
+    "apg": {"momentum": -0.75, "norm_threshold": 2.5, "eta": 0.0},
+    "chunk_mask": 1.0, "vae_chunk": 512, "vae_overlap": 64,
+}
+# Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
+_COMPONENT_ORDER = ("text", "vae", "acestep")
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    layout: str = "auto",
+    precision: str = "fp32",
+    ops: str | None = None,
+    graphs: Iterable[str] | None = None,
+    parity: bool = True,
+    command: str | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Export `checkpoint` to the bundle directory `out`; returns its path.
+
+    Everything is written to `<out>.tmp-<pid>` and renamed into place at the end, so an
+    interrupted export never leaves a half bundle at `out`.
+    """
+    out = Path(out)
+    names = _check_graphs(graphs)
+    precision_pass = get_pass(precision)
+    _check_out(out)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _write_contents(Path(checkpoint), tmp, layout, precision, precision_pass, ops, names, parity, log)
+        manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_graphs(graphs) -> list[str]:
+    if graphs is None:
+        return list(GRAPH_NAMES)
+    names = list(dict.fromkeys(graphs))
+    unknown = [g for g in names if g not in GRAPH_NAMES]
+    if unknown:
+        raise ValueError(f"unknown graph(s) {', '.join(unknown)}; choose from {', '.join(GRAPH_NAMES)}")
+    if not names:
+        raise ValueError("no graphs selected")
+    return [g for g in GRAPH_NAMES if g in names]
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and ((out / "manifest.json").exists() or not any(out.iterdir()))):
+        raise FileExistsError(f"{out} exists and is not a bundle; choose another --out or remove it")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_contents(root: Path, tmp: Path, layout, precision, precision_pass, ops, names, parity, log) -> dict:
+    first = load_checkpoint(root, layout, torch.float32, components=())
+    preset = first.preset
+    specs = graph_specs(preset)
+    graphs: dict[str, dict] = {}
+    null_emb = None
+    needed = {specs[n].component for n in names} | {"acestep"}  # acestep also holds null_condition_emb
+    for component in _COMPONENT_ORDER:
+        if component not in needed:
+            continue
+        log(f"loading {component} weights from {root}")
+        ck = load_checkpoint(root, layout, torch.float32, components=(component,))
+        if component == "acestep":
+            null_emb = ck.acestep.null_condition_emb.detach().float().reshape(-1).numpy()
+        for name in [n for n in names if specs[n].component == component]:
+            graphs[name] = _export_one(specs[name], ck, preset, tmp, precision, precision_pass, ops, parity, log)
+        del ck
+        gc.collect()
+    files = _write_files(first, null_emb, tmp)
+    ordered = {n: graphs[n] for n in names}  # contract order, whatever order the weights were loaded in
+    return _manifest(preset, ordered, files, root, first.layout)
+
+
+def _export_one(spec, ck, preset, tmp: Path, precision, precision_pass, ops, parity, log) -> dict:
+    log(f"exporting {spec.name} (precision {precision}, ops {ops or 'eager'})")
+    module = spec.build(ck).eval()
+    program = export_program(spec, module, preset, ops)
+    program.model = precision_pass(spec.name, program.model)
+    path = tmp / f"{spec.name}.onnx"
+    data = save_program(program, path)
+    del program
+    entry = {"file": path.name, "sha256": sha256_file(path), "data": data.name if data else None,
+             "data_sha256": sha256_file(data) if data else None, "bytes": path.stat().st_size,
+             "data_bytes": data.stat().st_size if data else 0, "precision": precision, "opset": OPSET,
+             "ops": ops or "eager", "inputs": [i.to_dict() for i in spec.inputs],
+             "outputs": [o.to_dict() for o in spec.outputs]}
+    if parity:
+        log(f"parity of {spec.name}: onnxruntime CPU vs torch fp32")
+        cases = parity_mod.parity_cases(spec, preset)
+        inputs = parity_mod.case_inputs(spec, preset, cases)
+        refs = parity_mod.torch_references(module, inputs)
+        del module
+        gc.collect()  # free the torch copy before ONNX Runtime loads its own (XL memory)
+        entry["parity"] = parity_mod.compare(spec, cases, refs, parity_mod.ort_outputs(path, spec, inputs))
+        log(f"  max rel err {entry['parity']['max_rel_err']:.3g}")
+    else:
+        entry["parity"] = None
+    return entry
+
+
+def _write_files(ck, null_emb: np.ndarray, tmp: Path) -> dict:
+    shutil.copyfile(ck.tokenizer_json, tmp / "tokenizer.json")
+    silence = ck.silence_latent.detach().float().numpy()
+    if silence.ndim != 3 or silence.shape[0] != 1:
+        raise ValueError(f"silence latent must be [1, N, 64], got {silence.shape}")
+    np.save(tmp / "silence_latent.npy", np.ascontiguousarray(silence[0], dtype=np.float32))
+    np.save(tmp / "null_condition_emb.npy", np.ascontiguousarray(null_emb, dtype=np.float32))
+    files = {}
+    for key, name in (("tokenizer", "tokenizer.json"), ("silence_latent", "silence_latent.npy"),
+                      ("null_condition_emb", "null_condition_emb.npy")):
+        files[key] = {"file": name, "sha256": sha256_file(tmp / name)}
+    return files
+
+
+def _variant(preset) -> str:
+    for name, factory in PRESETS.items():
+        if factory() == preset:
+            return name
+    return "custom"
+
+
+def _manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -> dict:
+    import onnx
+
+    from acestep_edge import __version__
+
+    vae = preset.vae
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"variant": _variant(preset), "dit": preset.dit.to_dict(), "text_encoder": preset.text.to_dict(),
+                  "vae": vae.to_dict()},
+        "audio": {"sample_rate": vae.sampling_rate, "channels": vae.audio_channels, "hop_length": vae.hop_length,
+                  "latent_rate": vae.sampling_rate // vae.hop_length, "latent_channels": vae.decoder_input_channels},
+        "sampler_defaults": json.loads(json.dumps(SAMPLER_DEFAULTS)),
+        "graphs": graphs,
+        "files": files,
+        "export": {"acestep_edge": __version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   "checkpoint": str(root), "layout": layout, "command": None},
+    }
+
+
+def _default_command(checkpoint, out, layout, precision, ops) -> str:
+    parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
+    if layout != "auto":
+        parts += ["--layout", layout]
+    parts += ["--precision", precision]
+    if ops:
+        parts += ["--ops", ops]
+    return " ".join(parts)
+
+
+def invoked_command() -> str:
+    """The command line that started this process, for the manifest."""
+    return " ".join(["acestep-edge"] + sys.argv[1:]) if sys.argv else "acestep-edge export"

@@ -1,0 +1,145 @@
+"""Read and verify a bundle without torch or onnx: a readable summary and full sha256 checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT = "acestep-edge-bundle"
+FORMAT_VERSION = 1
+_FIX = "re-run `acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}`"
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, damaged or of another format version; the message names the file and the fix."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fix(bundle: Path, manifest: dict | None = None) -> str:
+    command = ((manifest or {}).get("export") or {}).get("command")
+    if command:
+        return f"re-run `{command}`"
+    return _FIX.format(bundle=bundle)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of bundle `path`, after the format and version checks."""
+    bundle = Path(path)
+    manifest_path = bundle / "manifest.json"
+    if not bundle.is_dir():
+        raise BundleError(f"bundle folder {bundle} does not exist; {_fix(bundle)}")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {_fix(bundle)}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {_fix(bundle)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{manifest_path}: format is {got!r}, expected {FORMAT!r}; {_fix(bundle)}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version is {manifest.get('format_version')!r}, this version of "
+            f"acestep-edge reads {FORMAT_VERSION}; {_fix(bundle, manifest)}"
+        )
+    return manifest
+
+
+def _listed_files(manifest: dict) -> list[tuple[str, str, str | None]]:
+    """(what, file name, expected sha256) for every file the manifest lists."""
+    out = []
+    for name, g in manifest.get("graphs", {}).items():
+        out.append((f"graph {name!r}", g.get("file"), g.get("sha256")))
+        if g.get("data"):
+            out.append((f"external data of graph {name!r}", g["data"], g.get("data_sha256")))
+    for key, entry in manifest.get("files", {}).items():
+        out.append((key, entry.get("file"), entry.get("sha256")))
+    return out
+
+
+def verify_bundle(path: str | Path) -> dict:
+    """Check format/version, presence of every file and the sha256 of each; returns the manifest.
+
+    Raises BundleError at the first problem, naming the file and the command that regenerates it.
+    """
+    bundle = Path(path)
+    manifest = read_manifest(bundle)
+    fix = _fix(bundle, manifest)
+    if not manifest.get("graphs"):
+        raise BundleError(f"{bundle / 'manifest.json'} lists no graphs; {fix}")
+    listed = _listed_files(manifest)
+    for what, name, _ in listed:
+        if not name or not (bundle / name).is_file():
+            raise BundleError(f"{bundle / (name or '?')} ({what}) is missing; {fix}")
+    for what, name, want in listed:
+        if not want:
+            raise BundleError(f"manifest gives no sha256 for {name} ({what}); {fix}")
+        got = sha256_file(bundle / name)
+        if got != want:
+            raise BundleError(
+                f"{bundle / name} ({what}) is damaged: sha256 {got[:16]}… does not match the manifest's "
+                f"{want[:16]}… (truncated or altered file); {fix}"
+            )
+    return manifest
+
+
+def _size(n: int | None) -> str:
+    n = n or 0
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _io(items) -> str:
+    return ", ".join(f"{i['name']} {i['dtype']}[{', '.join(str(d) for d in i['shape'])}]" for i in items)
+
+
+def inspect_bundle(path: str | Path, verify: bool = False) -> str:
+    """A readable summary: model, graphs (sizes, precision, ops, IO, parity) and files."""
+    bundle = Path(path)
+    manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
+    model, audio, export = manifest.get("model", {}), manifest.get("audio", {}), manifest.get("export", {})
+    dit = model.get("dit", {})
+    lines = [
+        f"bundle {bundle}  ({manifest['format']} v{manifest['format_version']})",
+        f"model: {model.get('variant', '?')}  DiT {dit.get('num_hidden_layers', '?')} layers × "
+        f"{dit.get('hidden_size', '?')}, encoder {dit.get('encoder_hidden_size', '?')}, "
+        f"window ±{dit.get('sliding_window', '?')}",
+        f"audio: {audio.get('sample_rate')} Hz, {audio.get('channels')} ch, hop {audio.get('hop_length')}, "
+        f"{audio.get('latent_channels')} latent channels at {audio.get('latent_rate')} Hz",
+        f"exported: {export.get('created', '?')} with torch {export.get('torch', '?')}, onnx {export.get('onnx', '?')}"
+        f" from {export.get('checkpoint', '?')} ({export.get('layout', '?')})",
+        "graphs:",
+    ]
+    total = 0
+    for name, g in manifest.get("graphs", {}).items():
+        size = (g.get("bytes") or 0) + (g.get("data_bytes") or 0)
+        total += size
+        par = g.get("parity")
+        par_txt = f"parity max rel err {par['max_rel_err']:.2e} ({len(par.get('cases', []))} cases)" if par else "parity not measured"
+        data = f" + {g['data']}" if g.get("data") else ""
+        lines += [
+            f"  {name}: {g.get('file')}{data}  {_size(size)}  {g.get('precision')}  opset {g.get('opset')}  "
+            f"ops {g.get('ops')}  {par_txt}",
+            f"    in:  {_io(g.get('inputs', []))}",
+            f"    out: {_io(g.get('outputs', []))}",
+        ]
+    lines.append("files:")
+    for key, entry in manifest.get("files", {}).items():
+        f = bundle / entry.get("file", "")
+        size = f.stat().st_size if f.is_file() else None
+        lines.append(f"  {key}: {entry.get('file')}  {_size(size) if size is not None else 'MISSING'}")
+    lines.append(f"total graph size: {_size(total)}")
+    lines.append("verified: every file present and its sha256 matches" if verify else
+                 "not verified (run with --verify to check every file's sha256)")
+    return "\n".join(lines)

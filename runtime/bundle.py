@@ -1,0 +1,160 @@
+"""Open an exported bundle (docs/bundle-format.md): manifest checks, ONNX Runtime sessions, small arrays."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUNDLE_FORMAT = "acestep-edge-bundle"
+BUNDLE_VERSION = 1
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_REGENERATE = "re-export it: acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}"
+
+
+class BundleError(RuntimeError):
+    """The bundle is missing, damaged or from another format version; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How graphs are run. `provider_options` are passed to the ONNX Runtime provider as given."""
+
+    provider: str = "cpu"
+    threads: int | None = None  # intra-op threads; None = ONNX Runtime's default (all cores)
+    provider_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)} (got {self.provider!r})")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be ≥ 1 (got {self.threads})")
+
+
+def provider_chain(options: SessionOptions) -> list:
+    """The ordered provider list: the asked one first, with fall-backs ONNX Runtime may use."""
+    chain: list = []
+    if options.provider == "tensorrt":
+        trt = {"trt_fp16_enable": False, "trt_engine_cache_enable": True, **options.provider_options}
+        chain += [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider"]
+    elif options.provider == "cuda":
+        chain.append(("CUDAExecutionProvider", dict(options.provider_options)))
+    chain.append("CPUExecutionProvider")
+    return chain
+
+
+class Bundle:
+    """A validated bundle directory. Sessions are created on first use and then reused."""
+
+    def __init__(self, path: str | Path, options: SessionOptions | None = None):
+        self.path = Path(path)
+        self.options = options or SessionOptions()
+        self.manifest = self._read_manifest()
+        self._sessions: dict[str, Any] = {}
+        self._check_files()
+        self.silence_latent = self._load_array("silence_latent")
+        self.null_condition_emb = self._load_array("null_condition_emb")
+
+    # -- manifest -------------------------------------------------------------------------
+    def _read_manifest(self) -> dict:
+        manifest_path = self.path / "manifest.json"
+        if not self.path.is_dir():
+            raise BundleError(f"bundle folder {self.path} does not exist; {_REGENERATE.format(bundle=self.path)}")
+        if not manifest_path.exists():
+            raise BundleError(f"{manifest_path} is missing: this is not an acestep-edge bundle; {self._fix()}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {self._fix()}") from exc
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        if manifest.get("format_version") != BUNDLE_VERSION:
+            raise BundleError(
+                f"{manifest_path}: format_version {manifest.get('format_version')!r} is not supported by this "
+                f"runtime (it reads version {BUNDLE_VERSION}); {self._fix()}"
+            )
+        return manifest
+
+    def _fix(self) -> str:
+        return _REGENERATE.format(bundle=self.path)
+
+    def _check_files(self) -> None:
+        for name, graph in self.manifest.get("graphs", {}).items():
+            for key in ("file", "data"):
+                if graph.get(key) and not (self.path / graph[key]).exists():
+                    raise BundleError(f"{self.path / graph[key]} (graph {name!r}) is missing; {self._fix()}")
+        for name, entry in self.manifest.get("files", {}).items():
+            if not (self.path / entry["file"]).exists():
+                raise BundleError(f"{self.path / entry['file']} ({name}) is missing; {self._fix()}")
+
+    def _load_array(self, name: str) -> np.ndarray:
+        entry = self.manifest.get("files", {}).get(name)
+        if entry is None:
+            raise BundleError(f"manifest of {self.path} lists no {name!r} file; {self._fix()}")
+        return np.load(self.path / entry["file"]).astype(np.float32)
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["model"]["dit"]
+
+    @property
+    def audio(self) -> dict:
+        return self.manifest["audio"]
+
+    @property
+    def sampler_defaults(self) -> dict:
+        return self.manifest.get("sampler_defaults", {})
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.manifest["files"]["tokenizer"]["file"]
+
+    def has_graph(self, name: str) -> bool:
+        return name in self.manifest.get("graphs", {})
+
+    # -- sessions -------------------------------------------------------------------------
+    def session(self, name: str):
+        """The ONNX Runtime session of a graph (created once), checked against the manifest's IO."""
+        if name in self._sessions:
+            return self._sessions[name]
+        import onnxruntime as ort
+
+        graph = self.manifest.get("graphs", {}).get(name)
+        if graph is None:
+            raise BundleError(f"bundle {self.path} has no {name!r} graph; {self._fix()}")
+        so = ort.SessionOptions()
+        if self.options.threads:
+            so.intra_op_num_threads = self.options.threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(self.path / graph["file"]), sess_options=so,
+                                           providers=provider_chain(self.options))
+        except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files
+            raise BundleError(f"ONNX Runtime could not load {self.path / graph['file']}: {exc}; {self._fix()}") from exc
+        self._check_io(name, graph, session)
+        self._sessions[name] = session
+        return session
+
+    def _check_io(self, name: str, graph: dict, session) -> None:
+        want = [i["name"] for i in graph.get("inputs", [])]
+        got = [i.name for i in session.get_inputs()]
+        if sorted(want) != sorted(got):
+            raise BundleError(
+                f"graph {name!r} takes inputs {got} but the manifest says {want}; the bundle is inconsistent: "
+                f"{self._fix()}"
+            )
+
+    def providers_in_use(self) -> dict[str, list[str]]:
+        """Providers each created session actually got (ONNX Runtime silently falls back to CPU)."""
+        return {name: list(s.get_providers()) for name, s in self._sessions.items()}
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session(name).run(None, feeds)
+
+    def preferred_provider_active(self) -> bool:
+        want = _ORT_NAMES[self.options.provider]
+        return all(s.get_providers()[0] == want for s in self._sessions.values())

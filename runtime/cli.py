@@ -1,0 +1,192 @@
+"""`acestep-edge generate` and `acestep-edge demo`: requests in, audio files and Runware-style JSON out."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .audio_io import EXTENSIONS, encode_audio_bytes, write_audio, write_bytes_atomic
+from .bundle import PROVIDERS, BundleError
+from .request import RequestError, parse_requests
+from .response import build_response, error_response, new_audio_uuid
+
+EXIT_BAD_REQUEST, EXIT_FAILED = 2, 1
+
+
+def _package_file(name: str) -> Path:
+    """Files shipped inside the acestep_edge package (demo bundle and request)."""
+    import acestep_edge
+
+    return Path(acestep_edge.__file__).resolve().parent / name
+
+
+def _fail(errors, exit_code: int, task_uuid=None) -> None:
+    click.echo(json.dumps(error_response(errors, task_uuid=task_uuid), indent=2))
+    sys.exit(exit_code)
+
+
+def _read_request_text(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.is_file():
+        raise RequestError("request", f"request: file {source!r} does not exist; pass a JSON file or '-' for stdin",
+                           "invalidFile")
+    return path.read_text(encoding="utf-8")
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RequestError(what, f"{what}: cannot read {path!r} as a .npy array ({exc})", "invalidFile") from exc
+
+
+def _progress(enabled: bool, label: str):
+    """A progress callback drawing a bar on stderr when it is a terminal, else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None, None
+    bar = click.progressbar(length=1, label=label, file=sys.stderr, show_pos=True)
+
+    def update(done: int, total: int) -> None:
+        bar.length = total
+        bar.update(done - bar.pos)
+
+    return bar, update
+
+
+def _output_path(out: Path | None, request, audio_uuid: str, multiple: bool) -> Path:
+    name = f"{audio_uuid}.{EXTENSIONS[request.output_format]}"
+    if out is None:
+        return Path.cwd() / name
+    if multiple or out.is_dir() or str(out).endswith(os.sep):
+        out.mkdir(parents=True, exist_ok=True)
+        return out / name
+    return out
+
+
+def render_requests(text: str, bundle: Path, out: Path | None, provider: str, threads: int | None,
+                    save_latents: str | None, noise_path: str | None, show_progress: bool = True) -> list[dict]:
+    """Validate everything first, then render; returns the Runware-style responses."""
+    from .pipeline import Pipeline  # sessions only once the requests are known to be valid
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError("request", f"request: not valid JSON ({exc.msg} at line {exc.lineno})",
+                           "invalidJSON") from exc
+    requests = parse_requests(data)
+    renders = sum(r.number_results for r in requests)
+    if (noise_path or save_latents) and renders != 1:
+        raise RequestError("noise" if noise_path else "save-latents",
+                           "--noise/--save-latents take one render: send one request with numberResults 1",
+                           "conflictingParameters")
+    noise = _load_npy(noise_path, "noise").astype(np.float32, copy=False) if noise_path else None
+    pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
+    responses = []
+    for request in requests:
+        bar, update = _progress(show_progress, f"rendering {request.task_uuid[:8]}")
+        try:
+            results = pipeline.generate_all(request, noise=noise, progress=update)
+        finally:
+            if bar is not None:
+                bar.render_finish()
+        for result in results:
+            responses.append(_deliver(request, result, out, renders > 1, save_latents))
+    return responses
+
+
+def _deliver(request, result, out: Path | None, multiple: bool, save_latents: str | None) -> dict:
+    audio_uuid = new_audio_uuid()
+    start = time.perf_counter()
+    settings = request.audio_settings
+    timings = dict(result.metadata["timings"])
+    kwargs = dict(seed=result.seed, audio_uuid=audio_uuid, warnings=result.metadata["warnings"], timings=timings)
+    if request.output_type == "URL":
+        path = write_audio(_output_path(out, request, audio_uuid, multiple), result.audio, result.sample_rate,
+                           request.output_format, settings)
+        kwargs["path"] = path
+    else:
+        kwargs["audio_bytes"] = encode_audio_bytes(result.audio, result.sample_rate, request.output_format, settings)
+    if save_latents:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, result.latents.astype(np.float32))
+        write_bytes_atomic(save_latents, buffer.getvalue())
+    timings["write"] = time.perf_counter() - start
+    response = build_response(request, **kwargs)
+    response["providers"] = result.metadata["providers"]
+    return response
+
+
+def _common_options(f):
+    f = click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
+                     help="ONNX Runtime execution provider; the response reports the providers actually used.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Intra-op threads per session (default: all cores).")(f)
+    return f
+
+
+@click.command("generate")
+@click.argument("request_file", metavar="REQUEST.json|-")
+@click.option("--bundle", "bundle", type=click.Path(path_type=Path), envvar="ACESTEP_EDGE_BUNDLE", required=True,
+              help="Bundle folder from `acestep-edge export` (or set ACESTEP_EDGE_BUNDLE).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file, or a folder (several results). Default: <audioUUID>.<ext> in the current folder.")
+@_common_options
+@click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
+              help="Also write the final latents as .npy (float32, [1, T, 64]).")
+@click.option("--noise", "noise_path", type=click.Path(dir_okay=False), default=None,
+              help="Initial noise as .npy (float32, [1, T, 64]) instead of drawing it from the seed.")
+def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path):
+    """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
+
+    Every request is validated before anything renders; a bad field gives a Runware-style error
+    naming it, a non-zero exit code, and no output file. A progress bar goes to stderr on a terminal.
+    """
+    try:
+        text = _read_request_text(request_file)
+        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path)
+    except RequestError as exc:
+        _fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
+    except (BundleError, RuntimeError, OSError, ValueError) as exc:
+        _fail(exc, EXIT_FAILED)
+    single = not text.lstrip().startswith("[") and len(responses) == 1
+    click.echo(json.dumps(responses[0] if single else responses, indent=2))
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
+              help="Folder for the rendered file.")
+@click.option("--steps", type=click.IntRange(1, 200), default=None, help="Override the request's steps.")
+@click.option("--duration", type=click.FloatRange(10, 600), default=None, help="Override the request's duration.")
+@_common_options
+def demo_command(out, steps, duration, provider, threads):
+    """Render a shipped example request on the committed tiny bundle.
+
+    The tiny bundle has RANDOM weights: the result is noise, not music. It shows the whole path
+    (request → prompts → text encoder → condition encoder → 50 DiT steps → VAE → file) working.
+    """
+    request = json.loads(_package_file("demo_request.json").read_text())
+    request["outputFormat"] = "WAV"
+    for key, value in (("steps", steps), ("duration", duration)):
+        if value is not None:
+            request[key] = value
+    click.echo("acestep-edge demo: random-weight tiny model — expect noise, not music.", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        responses = render_requests(json.dumps(request), _package_file("demo_bundle"), out, provider, threads,
+                                    None, None)
+    except (RequestError, BundleError, RuntimeError, OSError, ValueError) as exc:
+        _fail(exc, EXIT_FAILED)
+    click.echo(json.dumps(responses[0], indent=2))
+    click.echo(f"wrote {responses[0]['audioURL']} in {time.perf_counter() - start:.1f} s "
+               "(random weights: this is noise, not music)", err=True)

@@ -1,0 +1,77 @@
+"""After sampling: latent guard, tiled VAE decode (overlap-discard), anti-clip, −1 dBFS peak, exact length."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+PEAK_DBFS = -1.0
+
+
+class RenderError(RuntimeError):
+    """Sampling produced unusable latents; nothing is written."""
+
+
+def check_latents(latents: np.ndarray) -> None:
+    """NaN/Inf or all-zero latents are an error before decode (SPEC §6.9)."""
+    if not np.all(np.isfinite(latents)):
+        bad = int(np.size(latents) - np.count_nonzero(np.isfinite(latents)))
+        raise RenderError(f"sampling produced {bad} NaN/Inf latent values; nothing was decoded or written "
+                          "(try fp32, another seed, or fewer steps of a lower-precision bundle)")
+    if not np.any(latents):
+        raise RenderError("sampling produced all-zero latents; nothing was decoded or written")
+
+
+def tile_windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(window start, window end, core start, core end) in latent frames, official overlap-discard tiling.
+
+    Each core [k·stride, (k+1)·stride) with stride = chunk − 2·overlap is decoded with up to
+    `overlap` frames of context per side, which are then thrown away (no crossfade, SPEC §5).
+    A clip of at most `chunk` frames is one window.
+    """
+    if chunk < 1 or overlap < 0:
+        raise ValueError(f"VAE tiling needs chunk ≥ 1 and overlap ≥ 0 (got chunk={chunk}, overlap={overlap})")
+    if length <= chunk:
+        return [(0, length, 0, length)]
+    while chunk - 2 * overlap <= 0 and overlap > 0:
+        overlap //= 2  # as upstream: shrink the overlap rather than fail
+    stride = chunk - 2 * overlap
+    windows = []
+    for k in range(math.ceil(length / stride)):
+        core_start, core_end = k * stride, min((k + 1) * stride, length)
+        windows.append((max(0, core_start - overlap), min(length, core_end + overlap), core_start, core_end))
+    return windows
+
+
+def tiled_decode(decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, hop: int,
+                 chunk: int = 512, overlap: int = 64) -> np.ndarray:
+    """latents [1, T, 64] (DiT layout) → audio [channels, T·hop] via `decode([1, 64, frames])`."""
+    z = np.ascontiguousarray(latents.transpose(0, 2, 1))
+    parts = []
+    for ws, we, cs, ce in tile_windows(z.shape[-1], chunk, overlap):
+        audio = decode(z[:, :, ws:we])[0]
+        parts.append(audio[:, (cs - ws) * hop: audio.shape[-1] - (we - ce) * hop])
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def finish_audio(audio: np.ndarray, samples: int, normalize: bool = True) -> np.ndarray:
+    """Trim or zero-pad to exactly `samples`, then anti-clip and (optionally) peak-normalise to −1 dBFS.
+
+    The latent grid is 40 ms, so the decoded clip can be a fraction of a frame shorter than the
+    requested duration; the tail is padded with silence so the file has the asked length. Fitting
+    first means the delivered file itself peaks at exactly −1 dBFS (as the reference pipeline does).
+    """
+    audio = audio.astype(np.float32, copy=True)
+    if audio.shape[-1] >= samples:
+        audio = audio[:, :samples]
+    else:
+        audio = np.pad(audio, ((0, 0), (0, samples - audio.shape[-1])))
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 1.0:
+        audio /= peak
+        peak = 1.0
+    if normalize and peak >= 1e-6:
+        audio *= np.float32(10 ** (PEAK_DBFS / 20) / peak)
+    return audio

@@ -8,15 +8,27 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from acestep_edge.export import parity as parity_mod
-from acestep_edge.export.graphs import GRAPH_NAMES, graph_specs
+from acestep_edge.export.graphs import GRAPH_NAMES, example_sizes, graph_specs
 from acestep_edge.export.inspect import FORMAT, FORMAT_VERSION, sha256_file
+from acestep_edge.export.lazy_weights import (
+    TensorSource,
+    attach_lazy_weights,
+    fp32_bytes,
+    materialize,
+    meta_acestep,
+    release,
+    streamed,
+    wrapper_names,
+)
 from acestep_edge.export.onnx_export import OPSET, export_program, save_program
 from acestep_edge.export.precision import get_pass
 from acestep_edge.models.checkpoint import load_checkpoint
@@ -29,6 +41,13 @@ SAMPLER_DEFAULTS = {
 }
 # Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
 _COMPONENT_ORDER = ("text", "vae", "acestep")
+# An ACE-Step model over this in fp32 (XL: 20 GB) takes the low-memory path, one sub-module at a time;
+# a sub-module over it (XL DiT: 16.7 GB) is traced on the meta device. Tiny and the 2B model load normally.
+LOW_MEMORY_BYTES = 4 * 2**30
+# Peak ONNX Runtime CPU memory per byte of fp32 weights, measured on the XL DiT (benchmarks/RESULTS.md).
+ORT_MEMORY_FACTOR = 1.1
+_SUBMODULE = {"condition_encoder": "encoder", "dit": "decoder", "audio_tokenizer": "tokenizer",
+              "audio_detokenizer": "detokenizer"}
 
 
 def export_bundle(
@@ -41,6 +60,7 @@ def export_bundle(
     graphs: Iterable[str] | None = None,
     parity: bool = True,
     command: str | None = None,
+    checkpoint_label: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> Path:
     """Export `checkpoint` to the bundle directory `out`; returns its path.
@@ -59,6 +79,8 @@ def export_bundle(
     try:
         manifest = _write_contents(Path(checkpoint), tmp, layout, precision, precision_pass, ops, names, parity, log)
         manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops)
+        if checkpoint_label:
+            manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(tmp, out)
     except BaseException:
@@ -98,18 +120,23 @@ def _write_contents(root: Path, tmp: Path, layout, precision, precision_pass, op
     first = load_checkpoint(root, layout, torch.float32, components=())
     preset = first.preset
     specs = graph_specs(preset)
+    job = _Job(preset, tmp, precision, precision_pass, ops, parity, log)
     graphs: dict[str, dict] = {}
     null_emb = None
     needed = {specs[n].component for n in names} | {"acestep"}  # acestep also holds null_condition_emb
     for component in _COMPONENT_ORDER:
         if component not in needed:
             continue
+        todo = [specs[n] for n in names if specs[n].component == component]
+        if component == "acestep" and fp32_bytes(meta_acestep(preset.dit)) > LOW_MEMORY_BYTES:
+            null_emb = _export_acestep_low_memory(root, layout, todo, graphs, job)
+            continue
         log(f"loading {component} weights from {root}")
         ck = load_checkpoint(root, layout, torch.float32, components=(component,))
         if component == "acestep":
             null_emb = ck.acestep.null_condition_emb.detach().float().reshape(-1).numpy()
-        for name in [n for n in names if specs[n].component == component]:
-            graphs[name] = _export_one(specs[name], ck, preset, tmp, precision, precision_pass, ops, parity, log)
+        for spec in todo:
+            graphs[spec.name] = _export_one(spec, spec.build(ck), job)
         del ck
         gc.collect()
     files = _write_files(first, null_emb, tmp)
@@ -117,31 +144,112 @@ def _write_contents(root: Path, tmp: Path, layout, precision, precision_pass, op
     return _manifest(preset, ordered, files, root, first.layout)
 
 
-def _export_one(spec, ck, preset, tmp: Path, precision, precision_pass, ops, parity, log) -> dict:
-    log(f"exporting {spec.name} (precision {precision}, ops {ops or 'eager'})")
-    module = spec.build(ck).eval()
-    program = export_program(spec, module, preset, ops)
-    program.model = precision_pass(spec.name, program.model)
-    path = tmp / f"{spec.name}.onnx"
+@dataclass(frozen=True)
+class _Job:
+    preset: object
+    tmp: Path
+    precision: str
+    precision_pass: Callable
+    ops: str | None
+    parity: bool
+    log: Callable[[str], None]
+
+
+def _export_acestep_low_memory(root: Path, layout: str, todo, graphs: dict, job: _Job) -> np.ndarray:
+    """Export the ACE-Step graphs one sub-module at a time; returns null_condition_emb.
+
+    The model is built on the meta device. A sub-module up to LOW_MEMORY_BYTES in fp32 (XL: condition
+    encoder 2.4 GB, tokenizer/detokenizer 0.4 GB) is materialised alone, exported and sent back to meta;
+    a larger one (XL DiT: 16.7 GB) is traced on meta and its weights streamed from the checkpoint.
+    """
+    job.log(f"low-memory export of the ACE-Step graphs from {root} (fp32 weights over {LOW_MEMORY_BYTES / 2**30:.0f} GiB)")
+    source = TensorSource(root, layout)
+    model = meta_acestep(job.preset.dit)
+    null_emb = source.load("null_condition_emb").reshape(-1).numpy()
+    holder = SimpleNamespace(acestep=model)
+    for spec in todo:
+        attr = _SUBMODULE[spec.name]
+        sub = getattr(model, attr)
+        if fp32_bytes(sub) > LOW_MEMORY_BYTES:
+            graphs[spec.name] = _export_one(spec, spec.build(holder), job, lazy=(model, source, attr))
+            continue
+        materialize(sub, attr + ".", source)
+        try:
+            graphs[spec.name] = _export_one(spec, spec.build(holder), job)
+        finally:
+            release(sub)
+            gc.collect()
+    return null_emb
+
+
+def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
+    """Export, save and (optionally) check one graph. `lazy` = (meta model, TensorSource, sub-module
+    attribute) when `module` lives on the meta device: traced with meta inputs, weights streamed at save."""
+    job.log(f"exporting {spec.name} (precision {job.precision}, ops {job.ops or 'eager'}"
+            f"{', traced on meta' if lazy else ''})")
+    if lazy is None:
+        program = export_program(spec, module, job.preset, job.ops)
+    else:
+        model, source, _ = lazy
+        example = spec.example(example_sizes(), job.preset, torch.Generator().manual_seed(0))
+        # optimize=False: the optimizer's constant folding would need the weights' values.
+        program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
+                                 optimize=False)
+        attach_lazy_weights(program.model, wrapper_names(module, model), source)
+    program.model = job.precision_pass(spec.name, program.model)
+    path = job.tmp / f"{spec.name}.onnx"
     data = save_program(program, path)
     del program
     entry = {"file": path.name, "sha256": sha256_file(path), "data": data.name if data else None,
              "data_sha256": sha256_file(data) if data else None, "bytes": path.stat().st_size,
-             "data_bytes": data.stat().st_size if data else 0, "precision": precision, "opset": OPSET,
-             "ops": ops or "eager", "inputs": [i.to_dict() for i in spec.inputs],
+             "data_bytes": data.stat().st_size if data else 0, "precision": job.precision, "opset": OPSET,
+             "ops": job.ops or "eager", "inputs": [i.to_dict() for i in spec.inputs],
              "outputs": [o.to_dict() for o in spec.outputs]}
-    if parity:
-        log(f"parity of {spec.name}: onnxruntime CPU vs torch fp32")
-        cases = parity_mod.parity_cases(spec, preset)
-        inputs = parity_mod.case_inputs(spec, preset, cases)
-        refs = parity_mod.torch_references(module, inputs)
-        del module
-        gc.collect()  # free the torch copy before ONNX Runtime loads its own (XL memory)
-        entry["parity"] = parity_mod.compare(spec, cases, refs, parity_mod.ort_outputs(path, spec, inputs))
-        log(f"  max rel err {entry['parity']['max_rel_err']:.3g}")
-    else:
-        entry["parity"] = None
+    entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None
     return entry
+
+
+def _parity(spec, module, path: Path, data_bytes: int, job: _Job, lazy) -> dict:
+    job.log(f"parity of {spec.name}: onnxruntime CPU vs torch fp32")
+    cases = parity_mod.parity_cases(spec, job.preset)
+    inputs = parity_mod.case_inputs(spec, job.preset, cases)
+    if lazy is None:
+        refs = parity_mod.torch_references(module, inputs)
+    else:
+        model, source, attr = lazy
+        reason = _lazy_parity_blocker(getattr(model, attr), data_bytes)
+        if reason:
+            job.log(f"  parity skipped: {reason}")
+            return {"reference": "torch fp32", "runtime": "onnxruntime CPU", "skipped": reason}
+        with streamed(getattr(model, attr), attr + ".", source):  # one DiT layer in memory at a time
+            refs = parity_mod.torch_references(module, inputs)
+    del module
+    gc.collect()  # free the torch copy before ONNX Runtime loads its own
+    result = parity_mod.compare(spec, cases, refs, parity_mod.ort_outputs(path, spec, inputs))
+    job.log(f"  max rel err {result['max_rel_err']:.3g}")
+    return result
+
+
+def _lazy_parity_blocker(sub, data_bytes: int) -> str | None:
+    """Why parity of a graph exported from meta cannot run here, or None when it can."""
+    if not hasattr(sub, "layers"):
+        return "no streamed torch reference for this sub-module"
+    need = int(data_bytes * ORT_MEMORY_FACTOR)
+    avail = _mem_available()
+    if avail is not None and need > avail:
+        return (f"ONNX Runtime needs ~{need / 1e9:.1f} GB for {data_bytes / 1e9:.1f} GB of fp32 weights, "
+                f"{avail / 1e9:.1f} GB available")
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # not Linux: try, and let ONNX Runtime fail loudly if it must
 
 
 def _write_files(ck, null_emb: np.ndarray, tmp: Path) -> dict:

@@ -126,7 +126,12 @@ def inspect_bundle(path: str | Path, verify: bool = False) -> str:
         size = (g.get("bytes") or 0) + (g.get("data_bytes") or 0)
         total += size
         par = g.get("parity")
-        par_txt = f"parity max rel err {par['max_rel_err']:.2e} ({len(par.get('cases', []))} cases)" if par else "parity not measured"
+        if par and "skipped" in par:
+            par_txt = f"parity skipped ({par['skipped']})"
+        elif par:
+            par_txt = f"parity max rel err {par['max_rel_err']:.2e} ({len(par.get('cases', []))} cases)"
+        else:
+            par_txt = "parity not measured"
         data = f" + {g['data']}" if g.get("data") else ""
         lines += [
             f"  {name}: {g.get('file')}{data}  {_size(size)}  {g.get('precision')}  opset {g.get('opset')}  "

@@ -87,6 +87,12 @@ class Pipeline:
         if settings.task != "text2music":
             raise RequestError("settings.task", f"settings.task: {settings.task!r} is not supported by this runtime "
                                "yet; only 'text2music' renders", "unsupportedTask", request.task_uuid)
+        if settings.use_negative_prompt:
+            # Encoding the negative caption as the unconditional branch changes the encoder length of
+            # one half of the CFG batch; that path is not built yet, so refuse rather than ignore it.
+            raise RequestError("settings.useNegativePrompt", "settings.useNegativePrompt: encoding negativePrompt "
+                               "as the unconditional caption is not supported by this runtime yet; remove it "
+                               "(the learned null condition is used)", "unsupportedParameter", request.task_uuid)
         timings: dict[str, float] = {}
         warnings: list[str] = []
         start = time.perf_counter()

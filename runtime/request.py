@@ -454,7 +454,7 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
               "negativePrompt or set useNegativePrompt to false", "missingParameter")
     if negative is not None and not settings.use_negative_prompt:
         warnings.append("negativePrompt was not used: ACE-Step has no negative-text mechanism "
-                        "(set settings.useNegativePrompt to encode it as the unconditional caption)")
+                        "(the learned null condition is the unconditional branch)")
     return Request(
         task_type=TASK_TYPE,
         task_uuid=task_uuid,

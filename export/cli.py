@@ -1,0 +1,81 @@
+"""Click commands `export` and `inspect`, registered on the `acestep-edge` group by acestep_edge/cli.py.
+
+This module imports neither torch nor the exporter at import time: `export` loads them when it
+runs, and `inspect` never needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+GRAPHS = ("text_encoder", "condition_encoder", "dit", "vae_decoder", "vae_encoder", "audio_tokenizer",
+          "audio_detokenizer")
+OPS = ("standard", "ort", "plain")
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.command("export")
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="ACE-Step checkpoint folder: the official `checkpoints/` folder (DiT folder, vae/, "
+                   "Qwen3-Embedding-0.6B/) or a diffusers folder (model_index.json, transformer/, ...).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Bundle directory to write. Written to OUT.tmp-<pid> first and renamed at the end; an "
+                   "existing bundle at OUT is replaced.")
+@click.option("--layout", type=click.Choice(["auto", "official", "diffusers"]), default="auto", show_default=True,
+              help="Checkpoint layout; auto detects it.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Precision pass applied to every graph (fp32 is the reference; see export/precision.py).")
+@click.option("--ops", type=click.Choice(OPS), default="standard", show_default=True,
+              help="How attention, RMSNorm and rotary are lowered: standard opset-23 ops (Attention, "
+                   "RMSNormalization, RotaryEmbedding), ONNX Runtime contrib ops (ort), or basic ops only "
+                   "(plain, what TensorRT accepts).")
+@click.option("--graphs", "graphs", multiple=True, type=click.Choice(GRAPHS),
+              help="Export only these graphs (repeat the option). Default: all seven. A partial bundle "
+                   "is for development; the runtime needs every graph its tasks use.")
+@click.option("--skip-parity", is_flag=True,
+              help="Do not run the ONNX Runtime vs torch fp32 check (it needs the torch graph and the "
+                   "ONNX session in memory one after the other).")
+def export_command(checkpoint, out, layout, precision, ops, graphs, skip_parity):
+    """Export an ACE-Step checkpoint to an ONNX bundle (see docs/bundle-format.md).
+
+    Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
+    """
+    try:
+        from acestep_edge.export.bundle import export_bundle, invoked_command
+    except ImportError as exc:
+        raise click.ClickException(
+            f"export needs the [export] extra ({exc.name or exc} is missing): pip install 'acestep-edge[export]'"
+        ) from exc
+    from acestep_edge.export.onnx_export import ExportError, ops_modes
+    from acestep_edge.models.checkpoint import CheckpointError
+
+    if ops not in ops_modes():
+        raise click.BadParameter(f"this installation offers ops {', '.join(ops_modes()) or 'none'}", param_hint="--ops")
+    try:
+        path = export_bundle(checkpoint, out, layout=layout, precision=precision, ops=ops,
+                             graphs=graphs or None, parity=not skip_parity, command=invoked_command(), log=_log)
+    except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    from acestep_edge.export.inspect import inspect_bundle
+
+    click.echo(inspect_bundle(path))
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path())
+@click.option("--verify", is_flag=True,
+              help="Also check that every file is present and matches its sha256 (reads every byte).")
+def inspect_command(bundle, verify):
+    """Summarise a bundle: model, graphs, sizes, precisions, IO and export-time parity."""
+    from acestep_edge.export.inspect import BundleError, inspect_bundle
+
+    try:
+        click.echo(inspect_bundle(bundle, verify=verify))
+    except BundleError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -272,6 +272,9 @@ def graph_specs(preset: ModelPreset) -> dict[str, GraphSpec]:
                   lambda ck: AudioDetokenizerGraph(ck.acestep), "acestep", _detok_example,
                   dims({0: "B", 1: "T5"})),
     ]
+    if preset.dit.sliding_window > TRACE_WINDOW:
+        raise ValueError(f"sliding_window {preset.dit.sliding_window} exceeds the trace sizes (±{TRACE_WINDOW}); "
+                         "raise TRACE_WINDOW in export/graphs.py")
     if preset.dit.pool_window_size != 5:
         raise ValueError(f"the bundle contract assumes a pool window of 5 frames, got {preset.dit.pool_window_size}")
     if hop * 1 != preset.vae.hop_length:
@@ -279,8 +282,16 @@ def graph_specs(preset: ModelPreset) -> dict[str, GraphSpec]:
     return {s.name: s for s in specs}
 
 
-def example_sizes(batch: int = 1, frames: int = 37, seq: int = 11, seed_sizes: dict | None = None) -> dict:
+# Trace sizes must span more than two attention blocks of the widest window the model can have
+# (±128): with fewer, the blocked sliding-window lowering sees a single block and the exporter
+# specialises the sequence length to the traced value, silently breaking every other length.
+TRACE_WINDOW = 128
+TRACE_FRAMES = 2 * (2 * TRACE_WINDOW + 3) + 1  # 519 latent frames = 260 DiT tokens (odd: covers padding)
+TRACE_TOKENS = 2 * TRACE_WINDOW + 3
+
+
+def example_sizes(batch: int = 1, frames: int = TRACE_FRAMES, seq: int = 11, seed_sizes: dict | None = None) -> dict:
     """Symbol sizes for example inputs (odd T by default, so parity covers the patch padding)."""
-    sizes = {"B": batch, "T": frames, "S": seq, "Lt": 7, "Ll": 9, "Fr": 13, "T5": 6}
+    sizes = {"B": batch, "T": frames, "S": seq, "Lt": 7, "Ll": TRACE_TOKENS, "Fr": TRACE_TOKENS, "T5": 6}
     sizes.update(seed_sizes or {})
     return sizes

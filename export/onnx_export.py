@@ -95,6 +95,10 @@ def rename_dims(model, spec: GraphSpec) -> None:
             for got, dim in zip(have, want.shape):
                 if isinstance(dim, int) and isinstance(got, int) and got != dim:
                     raise ExportError(f"graph {spec.name!r}: {want.name} has shape {have}, expected {want.shape}")
+                if isinstance(dim, str) and isinstance(got, int):
+                    # Renaming would hide it: the graph would only run at the traced size.
+                    raise ExportError(f"graph {spec.name!r}: the exporter fixed dim {dim!r} of {want.name} to {got}; "
+                                      "trace with larger example sizes (export/graphs.py example_sizes)")
             value.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in want.shape])
 
 

@@ -77,6 +77,9 @@ class AudioError(ValueError):
 # ----------------------------------------------------------------------------- resampling
 
 
+WRITE_BLOCK_FRAMES = 1 << 16
+
+
 def _kaiser_sinc(m: np.ndarray, fc: float, half_width: int, beta: float) -> np.ndarray:
     window = np.i0(beta * np.sqrt(np.clip(1.0 - (m / half_width) ** 2, 0.0, 1.0))) / np.i0(beta)
     return 2.0 * fc * np.sinc(2.0 * fc * m) * window
@@ -206,7 +209,12 @@ def encode_audio_bytes(audio: np.ndarray, sample_rate: int, fmt: str, settings: 
         raise AudioError(f"bitrate applies to {' and '.join(LOSSY_FORMATS)} only, not {fmt}")
     buf = io.BytesIO()
     try:
-        sf.write(buf, data, rate, format=sf_format, subtype=subtype or sf_subtype, **kwargs)
+        with sf.SoundFile(buf, "w", rate, data.shape[1], format=sf_format, subtype=subtype or sf_subtype,
+                          **kwargs) as handle:
+            # Blocks, not one call: libsndfile's Vorbis encoder crashes (SIGSEGV) when handed a few
+            # minutes of audio in a single write.
+            for start in range(0, data.shape[0], WRITE_BLOCK_FRAMES):
+                handle.write(data[start:start + WRITE_BLOCK_FRAMES])
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"could not encode {fmt} at {rate} Hz: {exc}") from exc
     return buf.getvalue()

@@ -1,0 +1,42 @@
+"""A DiT with the XL window (±128) exported once runs at other lengths: the trace must not fix T."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from acestep_edge.export.graphs import graph_specs
+from acestep_edge.export.onnx_export import export_program, save_program
+from acestep_edge.models.acestep import AceStepModel
+from acestep_edge.models.config import tiny
+from acestep_edge.models.random_checkpoint import random_tensor
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("ops", ["standard", "plain"])
+@torch.no_grad()
+def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops):
+    preset = tiny()
+    preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, sliding_window=128))
+    model = AceStepModel(preset.dit)
+    model.load_state_dict({k: random_tensor(k, tuple(v.shape), seed=5) for k, v in model.state_dict().items()})
+    spec = graph_specs(preset)["dit"]
+    graph = spec.build(type("Ck", (), {"acestep": model})())
+    path = tmp_path / "dit.onnx"
+    save_program(export_program(spec, graph, preset, ops=ops), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1)
+    for frames in (3, 37, 600, 1201):  # 600 frames = 300 tokens: more than two ±128 blocks
+        x, src = torch.randn(2, frames, 64, generator=g), torch.randn(2, frames, 64, generator=g)
+        t = torch.tensor([0.7, 0.2])
+        enc = torch.randn(2, 9, preset.dit.encoder_hidden_size, generator=g)
+        mask = torch.ones(2, frames)
+        want = graph(x, t, enc, src, mask)
+        (got,) = session.run(None, {"x": x.numpy(), "t": t.numpy(), "encoder_states": enc.numpy(),
+                                    "src_latents": src.numpy(), "chunk_mask": mask.numpy()})
+        err = np.abs(got - want.numpy()).max() / np.abs(want.numpy()).max()
+        assert err <= 1e-4, (frames, err)

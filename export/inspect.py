@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-FORMAT = "acestep-edge-bundle"
-FORMAT_VERSION = 1
-_FIX = "re-run `acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}`"
-
-
-class BundleError(RuntimeError):
-    """A bundle that is missing, damaged or of another format version; the message names the file and the fix."""
+# The runtime owns the bundle contract (it is the base install); inspect reads manifests through it.
+from acestep_edge.runtime.bundle import BUNDLE_FORMAT as FORMAT
+from acestep_edge.runtime.bundle import BUNDLE_VERSION as FORMAT_VERSION
+from acestep_edge.runtime.bundle import BundleError, read_manifest  # noqa: F401 - part of this module's API
+from acestep_edge.runtime.bundle import fix_hint as _fix
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -21,36 +18,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _fix(bundle: Path, manifest: dict | None = None) -> str:
-    command = ((manifest or {}).get("export") or {}).get("command")
-    if command:
-        return f"re-run `{command}`"
-    return _FIX.format(bundle=bundle)
-
-
-def read_manifest(path: str | Path) -> dict:
-    """The manifest of bundle `path`, after the format and version checks."""
-    bundle = Path(path)
-    manifest_path = bundle / "manifest.json"
-    if not bundle.is_dir():
-        raise BundleError(f"bundle folder {bundle} does not exist; {_fix(bundle)}")
-    if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {_fix(bundle)}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {_fix(bundle)}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{manifest_path}: format is {got!r}, expected {FORMAT!r}; {_fix(bundle)}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_path}: format_version is {manifest.get('format_version')!r}, this version of "
-            f"acestep-edge reads {FORMAT_VERSION}; {_fix(bundle, manifest)}"
-        )
-    return manifest
 
 
 def _listed_files(manifest: dict) -> list[tuple[str, str, str | None]]:

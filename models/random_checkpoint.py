@@ -83,7 +83,7 @@ def _write_shards(folder: Path, stem: str, tensors: Iterator[tuple[str, torch.Te
     written: list[Path] = []
     weight_map: dict[str, str] = {}
 
-    def flush(final: bool) -> None:
+    def flush() -> None:
         if not shards[-1]:
             return
         idx = len(written) + 1
@@ -97,11 +97,11 @@ def _write_shards(folder: Path, stem: str, tensors: Iterator[tuple[str, torch.Te
     for name, tensor in tensors:
         nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > shard_bytes:
-            flush(False)
+            flush()
             size = 0
         shards[-1][name] = tensor
         size += nbytes
-    flush(True)
+    flush()
     if len(written) == 1:
         written[0].rename(folder / f"{stem}.safetensors")
         return

@@ -13,11 +13,40 @@ BUNDLE_FORMAT = "acestep-edge-bundle"
 BUNDLE_VERSION = 1
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-_REGENERATE = "re-export it: acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}"
+_REGENERATE = "re-run `acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}`"
 
 
 class BundleError(RuntimeError):
     """The bundle is missing, damaged or from another format version; the message says how to fix it."""
+
+
+def fix_hint(bundle: Path, manifest: dict | None = None) -> str:
+    """How to regenerate the bundle: the manifest's own export command when it has one."""
+    command = ((manifest or {}).get("export") or {}).get("command")
+    return f"re-run `{command}`" if command else _REGENERATE.format(bundle=bundle)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of bundle `path`, after the format and version checks (shared with `inspect`)."""
+    bundle = Path(path)
+    manifest_path = bundle / "manifest.json"
+    if not bundle.is_dir():
+        raise BundleError(f"bundle folder {bundle} does not exist; {fix_hint(bundle)}")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {fix_hint(bundle)}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {fix_hint(bundle)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{manifest_path}: format is {got!r}, expected {BUNDLE_FORMAT!r}; {fix_hint(bundle)}")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version is {manifest.get('format_version')!r}, this version of "
+            f"acestep-edge reads {BUNDLE_VERSION}; {fix_hint(bundle, manifest)}"
+        )
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -53,34 +82,14 @@ class Bundle:
     def __init__(self, path: str | Path, options: SessionOptions | None = None):
         self.path = Path(path)
         self.options = options or SessionOptions()
-        self.manifest = self._read_manifest()
+        self.manifest = read_manifest(self.path)
         self._sessions: dict[str, Any] = {}
         self._check_files()
         self.silence_latent = self._load_array("silence_latent")
         self.null_condition_emb = self._load_array("null_condition_emb")
 
-    # -- manifest -------------------------------------------------------------------------
-    def _read_manifest(self) -> dict:
-        manifest_path = self.path / "manifest.json"
-        if not self.path.is_dir():
-            raise BundleError(f"bundle folder {self.path} does not exist; {_REGENERATE.format(bundle=self.path)}")
-        if not manifest_path.exists():
-            raise BundleError(f"{manifest_path} is missing: this is not an acestep-edge bundle; {self._fix()}")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {self._fix()}") from exc
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-        if manifest.get("format_version") != BUNDLE_VERSION:
-            raise BundleError(
-                f"{manifest_path}: format_version {manifest.get('format_version')!r} is not supported by this "
-                f"runtime (it reads version {BUNDLE_VERSION}); {self._fix()}"
-            )
-        return manifest
-
     def _fix(self) -> str:
-        return _REGENERATE.format(bundle=self.path)
+        return fix_hint(self.path, self.manifest)
 
     def _check_files(self) -> None:
         for name, graph in self.manifest.get("graphs", {}).items():

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,8 +157,6 @@ class Pipeline:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
-            import dataclasses
-
             request = dataclasses.replace(request, seed=sampler.draw_seed())
         cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)

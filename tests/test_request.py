@@ -18,8 +18,8 @@ from acestep_edge.runtime.request import (
 )
 from acestep_edge.runtime.response import build_response, error_response, output_filename
 
-SHARED = Path("/work/shared/requests")
-REQUEST_FILES = sorted(p for p in SHARED.glob("*.json") if not p.name.endswith(".response.json"))
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "requests"
+REQUEST_FILES = sorted(p for p in EXAMPLES.glob("*.json") if not p.name.endswith(".response.json"))
 UUID = "63675dd8-9c96-4d90-9eea-e239ce58d438"
 
 
@@ -39,7 +39,6 @@ def _with_settings(**settings):
     return _base(settings=settings)
 
 
-@pytest.mark.skipif(not REQUEST_FILES, reason="shared Runware requests not present")
 @pytest.mark.parametrize("path", REQUEST_FILES, ids=lambda p: p.stem)
 def test_real_requests_parse(path):
     raw = json.loads(path.read_text())

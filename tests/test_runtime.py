@@ -17,17 +17,15 @@ import soundfile as sf
 import acestep_edge
 from acestep_edge.runtime.pipeline import Pipeline
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "requests"
-if not SHARED.is_dir():  # CI: shared/ sits beside the clone
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "requests"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "requests"
 DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
 FORMATS = ("WAV", "FLAC", "OGG", "MP3")
 
 
 def shared_requests() -> list[Path]:
-    files = sorted(p for p in SHARED.glob("*.json") if not p.name.endswith(".response.json"))
-    if not files:  # the packaged copy keeps the test meaningful where shared/ is absent
-        files = [Path(acestep_edge.__file__).parent / "demo_request.json"]
+    """The four real Runware requests kept in examples/requests/ (hosted API responses beside them)."""
+    files = sorted(p for p in EXAMPLES.glob("*.json") if not p.name.endswith(".response.json"))
+    assert len(files) == 4, f"examples/requests/ should hold the four example requests, found {files}"
     return files
 
 

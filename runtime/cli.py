@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .audio_io import EXTENSIONS, encode_audio_bytes, write_audio, write_bytes_atomic
+from .audio_io import EXTENSIONS
 from .bundle import PROVIDERS, BundleError
+from .delivery import deliver
 from .request import RequestError, parse_requests
-from .response import build_response, error_response, new_audio_uuid
+from .response import error_response, new_audio_uuid
 
 EXIT_BAD_REQUEST, EXIT_FAILED = 2, 1
 
@@ -104,26 +105,8 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
 
 def _deliver(request, result, out: Path | None, multiple: bool, save_latents: str | None) -> dict:
     audio_uuid = new_audio_uuid()
-    start = time.perf_counter()
-    settings = request.audio_settings
-    timings = dict(result.metadata["timings"])
-    kwargs = dict(seed=result.seed, audio_uuid=audio_uuid, warnings=result.metadata["warnings"], timings=timings)
-    if request.output_type == "URL":
-        path = write_audio(_output_path(out, request, audio_uuid, multiple), result.audio, result.sample_rate,
-                           request.output_format, settings)
-        kwargs["path"] = path
-    else:
-        kwargs["audio_bytes"] = encode_audio_bytes(result.audio, result.sample_rate, request.output_format, settings)
-    if save_latents:
-        import io
-
-        buffer = io.BytesIO()
-        np.save(buffer, result.latents.astype(np.float32))
-        write_bytes_atomic(save_latents, buffer.getvalue())
-    timings["write"] = time.perf_counter() - start
-    response = build_response(request, **kwargs)
-    response["providers"] = result.metadata["providers"]
-    return response
+    path = _output_path(out, request, audio_uuid, multiple) if request.output_type == "URL" else None
+    return deliver(request, result, path, audio_uuid=audio_uuid, save_latents=save_latents)
 
 
 def _common_options(f):

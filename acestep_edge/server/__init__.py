@@ -1,0 +1,1 @@
+"""`acestep-edge serve`: a local Runware-compatible HTTP endpoint and web studio over one Pipeline."""

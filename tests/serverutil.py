@@ -1,0 +1,94 @@
+"""Test helpers for the HTTP server: a real uvicorn server on 127.0.0.1 (ephemeral port) and a tiny client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+uvicorn = pytest.importorskip("uvicorn", reason="the [server] extra (starlette, uvicorn) is not installed")
+pytest.importorskip("starlette", reason="the [server] extra (starlette, uvicorn) is not installed")
+
+import acestep_edge  # noqa: E402
+from acestep_edge.server.app import ServerOptions, create_app  # noqa: E402
+from acestep_edge.server.jobs import Renderer  # noqa: E402
+
+DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
+TIMEOUT = 60  # seconds any single HTTP exchange may take in these tests
+
+
+class LiveServer:
+    """uvicorn serving create_app() from a thread of the test process, on loopback only."""
+
+    def __init__(self, pipeline, out_dir: Path, queue: int = 16, **options):
+        self.renderer = Renderer(pipeline, out_dir, queue)
+        app = create_app(self.renderer, ServerOptions(bundle_info={"name": "demo_bundle"}, **options))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def request(self, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
+        """(status, parsed JSON or bytes, headers) over a fresh loopback connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            conn.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            data = response.read()
+            kind = response.getheader("content-type", "")
+            parsed = json.loads(data) if kind.startswith("application/json") else data
+            return response.status, parsed, dict(response.getheaders())
+        finally:
+            conn.close()
+
+    def post(self, tasks, headers=None):
+        status, body, _ = self.request("POST", "/v1", tasks, headers)
+        return status, body
+
+    def events(self, task_uuid: str, headers=None, until=("done", "error", "cancelled"), on_event=None):
+        """Read the task's server-sent events until a terminal one; returns [(name, data)]."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        out = []
+        try:
+            conn.request("GET", f"/v1/tasks/{task_uuid}/events", headers=headers or {})
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            assert response.getheader("content-type", "").startswith("text/event-stream")
+            name = None
+            while True:
+                line = response.readline()
+                if not line:
+                    return out
+                line = line.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    out.append((name, json.loads(line[6:])))
+                    if on_event is not None:
+                        on_event(name, out[-1][1])
+                    if name in until:
+                        return out
+        finally:
+            conn.close()
+
+
+def task(task_uuid: str, **overrides) -> dict:
+    data = {"taskType": "audioInference", "taskUUID": task_uuid, "positivePrompt": "a short test",
+            "duration": 10, "steps": 2, "seed": 3, "outputFormat": "WAV"}
+    data.update(overrides)
+    return data

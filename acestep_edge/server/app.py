@@ -243,7 +243,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
             state = renderer.cancel(uuid)
         except ServerError as exc:
             return envelope([], [_server_error(exc)])
-        if state != "cancelled":
+        if state is not None:
             return envelope([], [_entry("taskFinished", f"task {uuid} already ended ({state}); nothing to "
                                         "cancel", "taskUUID", uuid)])
         return envelope([{"taskType": TASK_TYPE, "taskUUID": uuid, "status": "cancelled"}], [])

@@ -41,7 +41,7 @@ class PathGuard:
         if scheme in ("http", "https"):
             raise self._error(param, f"{param}: URLs are refused: this server is offline and fetches "
                               "nothing; send the audio inline as a data URI (data:audio/<type>;base64,...)",
-                              "remoteURLRefused", task)
+                              "invalidFormat", task)
         if scheme not in (None, "file"):
             raise self._error(param, f"{param}: {scheme}: URIs are not supported; send a data URI, or a "
                               "path / file:// URI under one of the server's --allow-dir folders",
@@ -54,7 +54,7 @@ class PathGuard:
                               "--allow-dir); send the audio inline as a data URI", "pathNotAllowed", task)
         if not os.path.isabs(path):
             raise self._error(param, f"{param}: {path!r} is relative; send an absolute path (or file:// URI) "
-                              f"under {self._dirs()}", "pathNotAllowed", task)
+                              f"under {self._dirs()}, or send a data URI", "pathNotAllowed", task)
         # realpath resolves `..` and symlinks without opening the file.
         resolved = Path(os.path.realpath(path))
         if not any(resolved == d or d in resolved.parents for d in self.allow_dirs):
@@ -67,7 +67,7 @@ class PathGuard:
         parts = urlsplit(value)
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise self._error(param, f"{param}: only local file URIs (file:///absolute/path) are accepted, "
-                              f"got {value[:80]!r}", "invalidFormat", task)
+                              f"got {value[:80]!r}; or send a data URI", "invalidFormat", task)
         return unquote(parts.path)
 
     def _dirs(self) -> str:

@@ -133,8 +133,8 @@ class Renderer:
         with self._cond:
             return self.jobs.get(task_uuid)
 
-    def cancel(self, task_uuid: str, reason: str = "cancelled by the client") -> str:
-        """Cancel a queued or running job; returns its state afterwards ('cancelled' or terminal)."""
+    def cancel(self, task_uuid: str, reason: str = "cancelled by the client") -> str | None:
+        """Cancel a queued or running job; None if it did, else the state it had already ended in."""
         with self._cond:
             job = self.jobs.get(task_uuid)
             if job is None:
@@ -146,7 +146,7 @@ class Renderer:
             if job.state == "queued":
                 self._queue.remove(job)
                 self._finish_cancelled(job, reason)
-            return "cancelled"  # a running job stops at its next step and then reports cancelled
+            return None  # a running job stops at its next step and then reports cancelled
 
     def depth(self) -> int:
         with self._cond:

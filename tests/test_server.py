@@ -227,3 +227,23 @@ def test_serve_help():
     for option in ("--allow-dir", "--api-key", "--queue", "--drain-seconds", "--max-body-mb", "--out-dir"):
         assert option in proc.stdout
     assert re.search(r"127\.0\.0\.1", proc.stdout)
+
+
+def test_internal_failures_are_500_without_a_traceback(pipeline, tmp_path, monkeypatch):
+    live = LiveServer(pipeline, tmp_path)
+    try:
+        def broken_render(*args, **kwargs):
+            raise RuntimeError("latents are NaN at step 1")
+
+        monkeypatch.setattr(live.renderer.pipeline, "generate", broken_render)
+        status, render_body = live.post([task(str(uuid.uuid4()))])
+        assert status == 500 and render_body["errors"][0]["code"] == "internalError"
+        assert "latents are NaN" in render_body["errors"][0]["message"]
+        monkeypatch.setattr(live.renderer, "recent", lambda: 1 / 0)  # a handler bug, not a render failure
+        status, handler_body, _ = live.request("GET", "/v1/renders")
+        assert status == 500 and handler_body["errors"][0]["code"] == "internalError"
+        for body in (render_body, handler_body):
+            assert "Traceback" not in json.dumps(body) and 'File "' not in json.dumps(body)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        live.close()

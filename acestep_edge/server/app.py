@@ -38,7 +38,7 @@ KEEPALIVE_SECONDS = 15.0
 class ServerOptions:
     api_key: str | None = None
     allow_dirs: tuple[str, ...] = ()
-    max_body_bytes: int = 32 * 2**20
+    max_body_bytes: int = 64 * 2**20
     bundle_info: dict = field(default_factory=dict)
 
 

@@ -48,7 +48,7 @@ def _is_loopback(host: str) -> bool:
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder whose files inputs.audio / settings.referenceAudio may name (repeatable). "
                    "Without it the server reads no client-named file; data URIs always work.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=32, show_default=True,
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=64, show_default=True,
               help="Largest request body accepted (HTTP 413 above).")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=30, show_default=True,
               help="On SIGTERM: how long the running render may finish before it is cancelled.")

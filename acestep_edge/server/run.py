@@ -26,7 +26,7 @@ class DrainingServer(uvicorn.Server):
 
 def build_server(bundle: Path, *, host: str = "127.0.0.1", port: int = 8000, provider: str = "cpu",
                  threads: int | None = None, queue: int = 16, out_dir: Path = Path("acestep-edge-renders"),
-                 api_key: str | None = None, allow_dirs=(), max_body_mb: float = 32, drain_seconds: float = 30,
+                 api_key: str | None = None, allow_dirs=(), max_body_mb: float = 64, drain_seconds: float = 30,
                  log_level: str = "info"):
     """A ready uvicorn.Server (sessions created, worker started); call .run() to serve."""
     pipeline = Pipeline.load(bundle, provider=provider, threads=threads)

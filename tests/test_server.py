@@ -11,15 +11,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from serverutil import DEMO_BUNDLE, LiveServer, task
-
 from acestep_edge.runtime.audio_io import encode_audio_bytes
 from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from acestep_edge.runtime.response import error_response
+from serverutil import DEMO_BUNDLE, LiveServer, task
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLES = TESTS.parent / "examples" / "requests"

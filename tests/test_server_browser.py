@@ -11,10 +11,8 @@ import shutil
 import uuid
 
 import pytest
-
-from serverutil import DEMO_BUNDLE, LiveServer
-
 from acestep_edge.runtime.pipeline import Pipeline
+from serverutil import DEMO_BUNDLE, LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")

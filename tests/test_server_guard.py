@@ -10,10 +10,8 @@ import uuid
 import numpy as np
 import pytest
 import soundfile as sf
-
-from serverutil import DEMO_BUNDLE, LiveServer
-
 from acestep_edge.runtime.pipeline import Pipeline
+from serverutil import DEMO_BUNDLE, LiveServer
 
 GUARD_CODES = ("pathNotAllowed", "invalidFormat")
 

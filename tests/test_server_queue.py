@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import json
 import os
 import re
 import signal
@@ -15,11 +14,9 @@ import time
 import uuid
 
 import pytest
-
-from serverutil import DEMO_BUNDLE, LiveServer, task
-
-from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.audio_io import encode_audio_bytes
+from acestep_edge.runtime.pipeline import Pipeline
+from serverutil import DEMO_BUNDLE, LiveServer, task
 
 LONG = {"duration": 30, "steps": 200}  # several seconds on the tiny bundle: long enough to cancel mid-way
 

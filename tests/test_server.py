@@ -210,6 +210,8 @@ def test_health_studio_and_audio_names(server):
     status, page, headers = server.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert b'<progress id="progress"' in page and b"/static/studio.js" in page
+    status, body, _ = server.request("GET", "/v1")
+    assert status == 405 and body["errors"][0]["code"] == "methodNotAllowed"
     status, script, _ = server.request("GET", "/static/studio.js")
     assert status == 200 and b"/events" in script
     for bad in ("/audio/..%2F..%2Fetc%2Fpasswd", "/audio/manifest.json", f"/audio/{uuid.uuid4()}.wav"):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import threading
 import time
 from pathlib import Path
 
-from acestep_edge.runtime import sampler
 from acestep_edge.runtime.delivery import deliver
 from acestep_edge.runtime.pipeline import Cancelled, Pipeline
 from acestep_edge.runtime.request import Request, RequestError
@@ -205,20 +203,23 @@ class Renderer:
 
     def _render(self, job: Job) -> None:
         request = job.request
-        try:
-            if request.seed is None:  # drawn once, as generate_all does: results get seed, seed+1, ...
-                request = dataclasses.replace(request, seed=sampler.draw_seed())
-            cond = self.pipeline.condition(request)
-            total = request.number_results
-            for index in range(total):
-                def progress(step: int, steps: int, index=index) -> None:
-                    job.publish("progress", step=step, steps=steps, result=index, results=total,
-                                progress=round((index + step / steps) / total, 4))
+        total = request.number_results
+        count = {"result": 0, "step": 0}
 
-                result = self.pipeline.generate(request, progress=progress, cancel=job.cancel_event,
-                                                index=index, conditioning=cond)
-                if job.cancel_event.is_set():
-                    raise Cancelled("cancelled")
+        def progress(step: int, steps: int) -> None:
+            if step <= count["step"]:  # the step count restarted: the next result is rendering
+                count["result"] += 1
+            count["step"] = step
+            index = count["result"]
+            job.publish("progress", step=step, steps=steps, result=index, results=total,
+                        progress=round((index + step / steps) / total, 4))
+
+        try:
+            # The CLI's own call: the same seeds (seed, seed+1, ...), conditioning and audio.
+            results = self.pipeline.generate_all(request, progress=progress, cancel=job.cancel_event)
+            if job.cancel_event.is_set():
+                raise Cancelled("cancelled")
+            for index, result in enumerate(results):
                 data = self._deliver(job, request, result)
                 job.results.append(data)
                 job.publish("result", result=index, results=total, data=data)

@@ -228,3 +228,27 @@ def test_sigterm_lets_the_running_render_finish_within_drain_seconds(tmp_path):
     assert status == 200, body
     name = body["data"][0]["audioURL"].rsplit("/", 1)[1]
     assert _files(out) == [name] and (out / name).stat().st_size == 44 + 10 * 48000 * 2 * 2
+
+
+def test_finished_jobs_kept_are_bounded_and_stale_temp_files_go(pipeline, tmp_path, monkeypatch):
+    from acestep_edge.runtime.request import parse_request
+    from acestep_edge.server import jobs
+
+    old, fresh = tmp_path / ".a.wav.x1.part", tmp_path / ".b.wav.x2.part"
+    old.write_bytes(b"")
+    fresh.write_bytes(b"")
+    os.utime(old, (0, 0))  # left by a process killed long ago; `fresh` may be another writer's
+    renderer = jobs.Renderer(pipeline, tmp_path, 4)
+    try:
+        assert _files(tmp_path) == [fresh.name]
+        monkeypatch.setattr(jobs, "KEEP_INLINE_BYTES", 250)
+        for _ in range(5):
+            job = jobs.Job(parse_request(task(str(uuid.uuid4()))), "http://127.0.0.1/")
+            job.state, job.results = "success", [{"audioBase64Data": "A" * 100}]
+            renderer.jobs[job.task_uuid] = job
+        newest = list(renderer.jobs)[-2:]
+        with renderer._cond:
+            renderer._forget_old()
+        assert list(renderer.jobs) == newest  # 200 inline bytes kept, the oldest dropped first
+    finally:
+        renderer.close()

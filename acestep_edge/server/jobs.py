@@ -18,6 +18,8 @@ log = logging.getLogger("acestep_edge.server")
 
 TERMINAL = ("success", "error", "cancelled")
 KEEP_FINISHED = 64  # finished jobs kept for getResponse and the studio's recent renders
+KEEP_INLINE_BYTES = 512 * 2**20  # and at most this much base64 audio among them (oldest go first)
+INLINE_FIELDS = ("audioBase64Data", "audioDataURI")
 
 
 class ServerError(Exception):
@@ -96,6 +98,9 @@ class Renderer:
         for name in pipeline.bundle.manifest.get("graphs", {}):  # every session now, not on the first request
             pipeline.bundle.session(name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(".*.part"):  # temp files of a process killed mid-write long ago
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink(missing_ok=True)
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self.running: Job | None = None
         self.accepting = True
@@ -272,6 +277,17 @@ class Renderer:
         job.publish("error", error=job.error)
 
     def _forget_old(self) -> None:
+        """Called with the lock held: bound what finished jobs keep in memory, by count and inline bytes."""
         finished = [k for k, j in self.jobs.items() if j.state in TERMINAL]
         for key in finished[:max(0, len(finished) - KEEP_FINISHED)]:
             del self.jobs[key]
+        finished = finished[max(0, len(finished) - KEEP_FINISHED):]
+        inline = sum(_inline_bytes(self.jobs[k]) for k in finished)
+        for key in finished:
+            if inline <= KEEP_INLINE_BYTES:
+                break
+            inline -= _inline_bytes(self.jobs.pop(key))
+
+
+def _inline_bytes(job: Job) -> int:
+    return sum(len(r.get(f, "")) for r in job.results for f in INLINE_FIELDS)

@@ -98,6 +98,8 @@ def test_tasks_in_one_body_succeed_and_fail_independently(server):
     assert [r["taskUUID"] for r in body["data"]] == [good]
     assert [(e["taskUUID"], e["parameter"]) for e in body["errors"]] == [(bad, "steps"), (good, "taskUUID")]
     assert body["errors"][1]["code"] == "duplicateTaskUUID"
+    status, body = server.post([task(str(uuid.uuid4()), deliveryMethod="webhook")])
+    assert status == 400 and body["errors"][0]["parameter"] == "deliveryMethod"
     status, body = server.post(task(str(uuid.uuid4())))  # a bare task object works too
     assert status == 200 and len(body["data"]) == 1
 

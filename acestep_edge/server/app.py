@@ -158,10 +158,10 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
                 task = dict(task)
                 delivery = task.pop("deliveryMethod", None)
                 if delivery not in (None, "sync", "async"):
+                    raw_uuid = task.get("taskUUID")
                     raise RequestError("deliveryMethod", f"deliveryMethod: {delivery!r} is not supported; use "
                                        "'sync' (wait for the result) or 'async' (poll with getResponse)",
-                                       "invalidEnum", task.get("taskUUID") if isinstance(task.get("taskUUID"),
-                                                                                         str) else None)
+                                       "invalidEnum", raw_uuid if isinstance(raw_uuid, str) else None)
                 guard.check_task(task)
             else:
                 delivery = None

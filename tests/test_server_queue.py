@@ -252,3 +252,17 @@ def test_finished_jobs_kept_are_bounded_and_stale_temp_files_go(pipeline, tmp_pa
         assert list(renderer.jobs) == newest  # 200 inline bytes kept, the oldest dropped first
     finally:
         renderer.close()
+
+
+def test_port_in_use_exits_with_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "acestep_edge.cli", "serve", "--bundle", str(DEMO_BUNDLE),
+                               "--port", str(port), "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                              timeout=60)  # bounded: the worker thread must not keep the process alive
+    assert proc.returncode != 0 and "address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr

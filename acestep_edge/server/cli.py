@@ -81,4 +81,7 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
     except (BundleError, OSError, RuntimeError, ValueError) as exc:
         click.echo(f"acestep-edge serve: {exc}", err=True)
         sys.exit(1)
-    server.run()
+    try:
+        server.run()
+    finally:  # also when uvicorn exits early (port in use): stop the worker thread, or Python waits on it
+        server.renderer.close()

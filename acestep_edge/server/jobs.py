@@ -107,7 +107,9 @@ class Renderer:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._work, name="acestep-edge-renderer", daemon=True)
+        self._drain_deadline = float("inf")
+        # Not a daemon: at exit Python waits for it, so a write in progress completes (atomically).
+        self._thread = threading.Thread(target=self._work, name="acestep-edge-renderer")
         self._thread.start()
 
     # -- called from request handlers ----------------------------------------------------------
@@ -166,6 +168,7 @@ class Renderer:
             if not self.accepting:
                 return
             self.accepting = False
+            self._drain_deadline = time.monotonic() + drain_seconds
             waiting = list(self._queue)
         for job in waiting:
             self.cancel(job.task_uuid, "the server is shutting down")
@@ -181,12 +184,13 @@ class Renderer:
             log.info("drain time is up: cancelling %s", job.task_uuid)
             self.cancel(job.task_uuid, "the server is shutting down (drain time is up)")
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, margin: float = 30.0) -> None:
+        """Drain (now, unless a drain already began) and stop the worker; waits for the drain's end."""
         self.begin_drain(0.0)
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, self._drain_deadline - time.monotonic()) + margin)
 
     # -- the worker ----------------------------------------------------------------------------
     def _work(self) -> None:

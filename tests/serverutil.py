@@ -33,6 +33,7 @@ class LiveServer:
         deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
+                self.renderer.close()
                 raise RuntimeError("the test server did not start")
             time.sleep(0.02)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]

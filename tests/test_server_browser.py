@@ -24,7 +24,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,860")
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,1000")
 # Records every value the page assigns to the progress bar, so the test sees it move.
 RECORD_PROGRESS = """
 const bar = document.getElementById('progress');

@@ -44,7 +44,7 @@ def _is_loopback(host: str) -> bool:
               show_default=True, help="Where outputType URL files are written; served at /audio/<audioUUID>.<ext>.")
 @click.option("--api-key", envvar="ACESTEP_EDGE_API_KEY", default=None,
               help="Require this key (Authorization: Bearer KEY, or a Runware authentication task). "
-                   "Or set ACESTEP_EDGE_API_KEY.")
+                   "Prefer setting ACESTEP_EDGE_API_KEY: command lines are visible to other users.")
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder whose files inputs.audio / settings.referenceAudio may name (repeatable). "
                    "Without it the server reads no client-named file; data URIs always work.")
@@ -61,6 +61,7 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
     GET  /v1/tasks/UUID/events   progress as server-sent events
     DELETE /v1/tasks/UUID        cancel a queued or running render
     GET  /health                 bundle, providers in use, queue depth
+    GET  /                       the web studio (prompt, settings, progress, players)
     The bundle's sessions are created once; one render runs at a time, the rest wait in a FIFO queue.
     """
     try:

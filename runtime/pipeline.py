@@ -426,6 +426,7 @@ class Render:
             "steps": int(self.request.steps),
             "shift": self.shift,
             "latent_frames": int(self.cond.frames),
+            "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -19,7 +19,7 @@ from acestep_edge.models.reference import ReferencePipeline  # noqa: E402
 from acestep_edge.models.reference_tasks import TaskParams, TaskReference  # noqa: E402
 from acestep_edge.runtime import source_audio  # noqa: E402
 from acestep_edge.runtime.audio_io import read_audio  # noqa: E402
-from acestep_edge.runtime.pipeline import Pipeline  # noqa: E402
+from acestep_edge.runtime.pipeline import GenerationConfig, Pipeline  # noqa: E402
 
 UUID = "6a1e2f2c-52a2-4f57-9d0b-0f1a9c2b7d11"
 SR = 48000
@@ -105,7 +105,7 @@ def _compare(pipe, ref, req, params, source, reference=None):
 
 @pytest.mark.parametrize("name,req_changes,params,pad", CASES, ids=[c[0] for c in CASES])
 def test_task_matches_reference(pipe, ref, clips, name, req_changes, params, pad):
-    req = _request(clips["six"], 4, 5, req_changes)
+    req = _request(clips["six"], 3, 5, req_changes)
     params = dict(caption="calm piano", **params)
     got, audio = _compare(pipe, ref, req, params, clips["six"])
     # Output length: the source's (plus any outpainted seconds), never the 128-frame minimum.
@@ -145,3 +145,11 @@ def test_repaint_keeps_the_source_outside_the_window(pipe, clips):
     # strength 0 = 25-frame crossfade: frames beyond it are the clean source, the window is new.
     assert np.array_equal(lat[: s - 25], clean[: s - 25]) and np.array_equal(lat[e + 25:], clean[e + 25:])
     assert not np.allclose(lat[s:e], clean[s:e])
+
+
+def test_tiled_source_encode_matches_reference(ref, clips):
+    # 4-s windows with 1-s overlap: the 6-s source is encoded in three overlapping windows.
+    tiled = Pipeline.load(default_out(), config=GenerationConfig(encode_window=4.0, encode_overlap=1.0))
+    req = _request(clips["six"], 2, 9, {"settings": {"task": "extract"}})
+    _compare(tiled, ref, req, dict(caption="calm piano", task="extract", encode_window=4.0, encode_overlap=1.0),
+             clips["six"])

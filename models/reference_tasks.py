@@ -91,6 +91,13 @@ class TaskReference:
     def __init__(self, pipe: ReferencePipeline):
         self.pipe = pipe
         self.model = pipe.acestep
+        self._encoded: dict = {}  # posterior samples by (audio, noise, window) bytes: encoding is the slow part
+
+    def _posterior(self, audio: np.ndarray, noise: np.ndarray, p: "TaskParams") -> torch.Tensor:
+        key = (audio.shape, hash(audio.tobytes()), hash(noise.tobytes()), p.encode_window, p.encode_overlap)
+        if key not in self._encoded:
+            self._encoded[key] = _posterior(self.pipe.vae, audio, noise, p.encode_window, p.encode_overlap)
+        return self._encoded[key].clone()
 
     @torch.inference_mode()
     def _encode(self, instruction: str, p: TaskParams, seconds: float, refer: torch.Tensor, caption: str):
@@ -115,7 +122,7 @@ class TaskReference:
     def render(self, p: TaskParams, noise: np.ndarray, source_noise: np.ndarray | None = None,
                reference_noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(latents [1, T, 64], audio [2, samples]) of one render from explicit noises."""
-        vae, silence = self.pipe.vae, self.pipe.silence
+        silence = self.pipe.silence
         # Source: outpainting zero pads, encode, then silence frames up to at least 128.
         window = None
         if p.source is not None:
@@ -128,7 +135,7 @@ class TaskReference:
                 audio = np.concatenate([np.zeros((2, int(left * SAMPLE_RATE)), np.float32), audio,
                                         np.zeros((2, int(right * SAMPLE_RATE)), np.float32)], axis=-1)
                 window = (start + left, end + left)
-            raw = _posterior(vae, audio, source_noise, p.encode_window, p.encode_overlap)
+            raw = self._posterior(audio, source_noise, p)
             frames = max(MIN_FRAMES, raw.shape[1])
             sil = _tile_frames(silence, frames)
             raw = torch.cat([raw, sil[:, raw.shape[1]:]], dim=1)
@@ -139,7 +146,7 @@ class TaskReference:
             sil = _tile_frames(silence, frames)
             out_samples = int(round(p.duration * SAMPLE_RATE))
         if p.reference is not None:
-            refer = _posterior(vae, _segments(p.reference), reference_noise, p.encode_window, p.encode_overlap)
+            refer = self._posterior(_segments(p.reference), reference_noise, p)
         else:
             refer = _tile_frames(silence, 750)
 

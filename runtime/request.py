@@ -343,9 +343,9 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         raise _err(p + "repaintingStart", "task repaint needs a window: send settings.repaintingStart "
               "and/or settings.repaintingEnd in seconds (-1 = end of the source)", "missingParameter")
     mode = _choice(s, "repaintMode", p + "repaintMode", REPAINT_MODES, None)
-    if mode is not None and task not in WINDOW_TASKS:
-        raise _err(p + "repaintMode", f"applies to tasks {' and '.join(WINDOW_TASKS)} only (task is {task})",
-              "conflictingParameters")
+    if mode is not None and (task not in WINDOW_TASKS or (rs is None and re_ is None)):
+        raise _err(p + "repaintMode", f"applies to a repaint window only (tasks {' and '.join(WINDOW_TASKS)} with "
+              f"settings.repaintingStart/repaintingEnd; task is {task})", "conflictingParameters")
     use_neg = s.get("useNegativePrompt", False)
     if not isinstance(use_neg, bool):
         raise _err(p + "useNegativePrompt", f"expected true or false, got {_show(use_neg)}",

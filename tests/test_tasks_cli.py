@@ -62,6 +62,13 @@ BAD = [
     ("unknown track", {"settings": {"task": "extract", "trackName": "kazoo"}}, "settings.trackName", "vocals"),
     ("strength on extract", {"strength": 0.5, "settings": {"task": "extract"}}, "strength", "cover"),
     ("repaint without window", {"settings": {"task": "repaint"}}, "settings.repaintingStart", "window"),
+    ("repaintMode without window", {"settings": {"task": "lego", "repaintMode": "aggressive"}},
+     "settings.repaintMode", "window"),
+    ("bad repaintMode", {"settings": {"repaintingStart": 1, "repaintMode": "wild"}}, "settings.repaintMode",
+     "balanced"),
+    ("cover scale on extract", {"settings": {"task": "extract", "coverConditioningScale": 0.5}},
+     "settings.coverConditioningScale", "cover only"),
+    ("remote source", {"inputs": {"audio": "https://example.com/a.mp3"}}, "inputs.audio", "offline"),
 ]
 
 

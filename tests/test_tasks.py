@@ -20,6 +20,7 @@ from acestep_edge.models.reference_tasks import TaskParams, TaskReference  # noq
 from acestep_edge.runtime import source_audio  # noqa: E402
 from acestep_edge.runtime.audio_io import read_audio  # noqa: E402
 from acestep_edge.runtime.pipeline import GenerationConfig, Pipeline  # noqa: E402
+from acestep_edge.runtime.request import parse_request  # noqa: E402
 
 UUID = "6a1e2f2c-52a2-4f57-9d0b-0f1a9c2b7d11"
 SR = 48000
@@ -88,7 +89,7 @@ def _request(source, steps, seed, changes):
 
 
 def _compare(pipe, ref, req, params, source, reference=None):
-    cond = pipe.condition(__import__("acestep_edge.runtime.request", fromlist=["x"]).parse_request(req), req["seed"])
+    cond = pipe.condition(parse_request(req), req["seed"])
     noise = np.random.default_rng(99).standard_normal((1, cond.frames, 64)).astype(np.float32)
     got = pipe.generate(req, noise=noise, conditioning=cond)
     audio = read_audio(source) if source is not None else None
@@ -141,7 +142,7 @@ def test_repaint_at_50_steps(pipe, ref, clips):
 def test_repaint_keeps_the_source_outside_the_window(pipe, clips):
     req = _request(clips["six"], 2, 5, {"settings": {"repaintingStart": 2.0, "repaintingEnd": 4.0},
                                         "strength": 0.0})
-    cond = pipe.condition(__import__("acestep_edge.runtime.request", fromlist=["x"]).parse_request(req), 5)
+    cond = pipe.condition(parse_request(req), 5)
     got = pipe.generate(req, conditioning=cond)
     s, e = int(2.0 * SR / 1920), int(4.0 * SR / 1920)
     lat = got.latents[0]

@@ -161,6 +161,9 @@ class VaeConfig:
     decoder_input_channels: int = 64
     audio_channels: int = 2
     sampling_rate: int = 48000
+    # Width of the encoder's first conv and blocks. None = encoder_hidden_size, as diffusers'
+    # AutoencoderOobleck always builds it; a local option so test models can have a cheap encoder.
+    encoder_channels: int | None = None
 
     @property
     def hop_length(self) -> int:
@@ -174,6 +177,8 @@ class VaeConfig:
         d["downsampling_ratios"] = list(self.downsampling_ratios)
         d["channel_multiples"] = list(self.channel_multiples)
         d["_class_name"] = "AutoencoderOobleck"
+        if d["encoder_channels"] is None:
+            del d["encoder_channels"]  # keep the config diffusers-clean for real checkpoints
         return d
 
     @classmethod
@@ -204,11 +209,13 @@ def xl_base() -> ModelPreset:
     return ModelPreset(AceStepConfig(), TextEncoderConfig(), VaeConfig())
 
 
-def tiny(num_layers: int = 4, sliding_window: int = 4) -> ModelPreset:
+def tiny(num_layers: int = 4, sliding_window: int = 4, vae_encoder_channels: int | None = None) -> ModelPreset:
     """A few-MB model of the same architecture, for tests, the demo bundle and benchmarks.
 
     Keeps every structural feature of XL: DiT width != encoder width, GQA, alternating
     sliding/full layers, the hop of 1920 samples per latent frame and 64 latent channels.
+    `vae_encoder_channels` narrows the VAE encoder's blocks (128 wide otherwise, as diffusers
+    builds it: ~35 GMAC per second of audio); the editing-task tests and the demo bundle use 4.
     """
     dit = AceStepConfig(
         hidden_size=64,
@@ -245,6 +252,7 @@ def tiny(num_layers: int = 4, sliding_window: int = 4) -> ModelPreset:
         channel_multiples=(1, 1, 1, 1, 1),
         decoder_channels=4,
         decoder_input_channels=64,
+        encoder_channels=vae_encoder_channels,
     )
     return ModelPreset(dit, text, vae)
 

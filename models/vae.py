@@ -153,13 +153,14 @@ class OobleckEncoder(nn.Module):
     def __init__(self, cfg: VaeConfig) -> None:
         super().__init__()
         h = cfg.encoder_hidden_size
+        w = cfg.encoder_channels or h  # diffusers: always h
         mults = (1,) + tuple(cfg.channel_multiples)
-        self.conv1 = WNConv1d(cfg.audio_channels, h, 7, padding=3)
+        self.conv1 = WNConv1d(cfg.audio_channels, w, 7, padding=3)
         self.block = nn.ModuleList(
-            EncoderBlock(h * mults[i], h * mults[i + 1], s) for i, s in enumerate(cfg.downsampling_ratios)
+            EncoderBlock(w * mults[i], w * mults[i + 1], s) for i, s in enumerate(cfg.downsampling_ratios)
         )
-        self.snake1 = Snake1d(h * mults[-1])
-        self.conv2 = WNConv1d(h * mults[-1], h, 3, padding=1)
+        self.snake1 = Snake1d(w * mults[-1])
+        self.conv2 = WNConv1d(w * mults[-1], h, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

@@ -55,8 +55,13 @@ _SETTINGS_KEYS = (
     "lyrics", "bpm", "keyScale", "timeSignature", "vocalLanguage", "guidanceType",
     "cfgIntervalStart", "cfgIntervalEnd", "coverConditioningScale", "repaintingStart",
     "repaintingEnd", "shift", "task", "trackName", "trackClasses", "useNegativePrompt",
-    "referenceAudio",
+    "referenceAudio", "repaintMode",
 )
+# Repaint preservation modes (official generate_music._resolve_repaint_config); strength acts in
+# balanced mode only.
+REPAINT_MODES = ("balanced", "conservative", "aggressive")
+# Tasks that take a repaint window, and those where `strength` acts.
+WINDOW_TASKS = ("repaint", "lego")
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
     "steps", "CFGScale", "numberResults", "outputType", "outputFormat", "audioSettings",
@@ -108,6 +113,7 @@ class Settings:
     track_classes: tuple[str, ...] = ()  # complete
     use_negative_prompt: bool = False
     reference_audio: str | None = None  # timbre reference: path, file:// URI or data URI
+    repaint_mode: str = "balanced"  # repaint / lego windows: balanced, conservative, aggressive
 
 
 @dataclass(frozen=True)
@@ -326,6 +332,20 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
             raise _err(p + name, "needs source audio; send inputs.audio as well",
                   "conflictingParameters")
     task = _task(s, has_source, rs is not None or re_ is not None)
+    if (rs is not None or re_ is not None) and task not in WINDOW_TASKS:
+        name = "repaintingStart" if rs is not None else "repaintingEnd"
+        raise _err(p + name, f"applies to tasks {' and '.join(WINDOW_TASKS)} only (task is {task}); "
+              "remove it or set settings.task to repaint", "conflictingParameters")
+    if cover is not None and task != "cover":
+        raise _err(p + "coverConditioningScale", f"applies to task cover only (task is {task})",
+              "conflictingParameters")
+    if task == "repaint" and rs is None and re_ is None:
+        raise _err(p + "repaintingStart", "task repaint needs a window: send settings.repaintingStart "
+              "and/or settings.repaintingEnd in seconds (-1 = end of the source)", "missingParameter")
+    mode = _choice(s, "repaintMode", p + "repaintMode", REPAINT_MODES, None)
+    if mode is not None and (task not in WINDOW_TASKS or (rs is None and re_ is None)):
+        raise _err(p + "repaintMode", f"applies to a repaint window only (tasks {' and '.join(WINDOW_TASKS)} with "
+              f"settings.repaintingStart/repaintingEnd; task is {task})", "conflictingParameters")
     use_neg = s.get("useNegativePrompt", False)
     if not isinstance(use_neg, bool):
         raise _err(p + "useNegativePrompt", f"expected true or false, got {_show(use_neg)}",
@@ -349,7 +369,23 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         track_classes=_track_classes(s, task),
         use_negative_prompt=use_neg,
         reference_audio=_audio_source(s.get("referenceAudio"), p + "referenceAudio"),
+        repaint_mode=mode or "balanced",
     )
+
+
+def _check_strength(settings: Settings) -> None:
+    # strength = how much the result may depart from the source: cover starts from the source
+    # noised to that level, repaint/lego windows use it as the balanced-mode repaint strength.
+    task = settings.task
+    if task not in ("cover",) + WINDOW_TASKS:
+        raise _err("strength", f"applies to tasks cover, repaint and lego only (task is {task}); "
+              "remove it", "conflictingParameters")
+    if task == "lego" and settings.repainting_start is None and settings.repainting_end is None:
+        raise _err("strength", "applies to lego only with a repaint window (settings.repaintingStart/"
+              "repaintingEnd); remove it", "conflictingParameters")
+    if task in WINDOW_TASKS and settings.repaint_mode != "balanced":
+        raise _err("strength", f"acts in settings.repaintMode 'balanced' only (mode is "
+              f"{settings.repaint_mode!r}); remove strength or the mode", "conflictingParameters")
 
 
 def _task(s: Mapping, has_source: bool, has_repaint: bool) -> str:
@@ -449,6 +485,8 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         raise _err("strength", "needs source audio; send inputs.audio as well", "conflictingParameters")
     output_format = _choice(obj, "outputFormat", "outputFormat", FORMATS, "MP3")
     settings = _settings(obj, source is not None)
+    if strength is not None:
+        _check_strength(settings)
     if settings.use_negative_prompt and negative is None:
         raise _err("settings.useNegativePrompt", "is true but negativePrompt is missing; send a "
               "negativePrompt or set useNegativePrompt to false", "missingParameter")

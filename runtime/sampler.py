@@ -238,8 +238,11 @@ def _check_sampling(schedule, guidance: str, scale: float, interval) -> np.ndarr
 
 def iter_sample(x: np.ndarray, schedule: np.ndarray, velocity_fn: VelocityFn, guidance: str = "apg",
                 scale: float = 7.0, interval: tuple[float, float] = (0.0, 1.0),
-                state: GuidanceState | None = None) -> Iterator[Step]:
+                state: GuidanceState | None = None,
+                post_step: Callable[[int, np.ndarray, float], np.ndarray] | None = None) -> Iterator[Step]:
     """Euler over `schedule`, yielding after every step (arguments are checked before the first).
+
+    `post_step(k, x, t_next)`, when given, may replace the state after step k (repaint injection).
 
     `velocity_fn(x, t, batch2)` returns (v_cond, v_null) when batch2 is True, else (v_cond, None).
     Guidance runs only when scale > 1 and t is inside the interval; otherwise the DiT is called on
@@ -248,10 +251,10 @@ def iter_sample(x: np.ndarray, schedule: np.ndarray, velocity_fn: VelocityFn, gu
     schedule = _check_sampling(schedule, guidance, scale, interval)
     state = GuidanceState() if state is None else state
     return _steps(np.asarray(x, dtype=np.float32), schedule, velocity_fn, guidance, float(scale),
-                  (float(interval[0]), float(interval[1])), state)
+                  (float(interval[0]), float(interval[1])), state, post_step)
 
 
-def _steps(x, schedule, velocity_fn, guidance, scale, interval, state) -> Iterator[Step]:
+def _steps(x, schedule, velocity_fn, guidance, scale, interval, state, post_step=None) -> Iterator[Step]:
     total = schedule.size - 1
     for k in range(total):
         t_cur, t_next = float(schedule[k]), float(schedule[k + 1])
@@ -264,6 +267,8 @@ def _steps(x, schedule, velocity_fn, guidance, scale, interval, state) -> Iterat
         else:
             v = v_cond
         x = euler_step(x, np.asarray(v, dtype=np.float32), t_cur, t_next)
+        if post_step is not None:
+            x = post_step(k, x, t_next)
         yield Step(k, total, t_cur, t_next, guided, x)
 
 

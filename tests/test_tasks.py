@@ -1,0 +1,160 @@
+"""Editing tasks: the runtime (committed demo bundle) against the PyTorch reference on the same weights.
+
+The demo bundle is exported from a seeded random checkpoint; the test rebuilds that checkpoint
+(export/demo_bundle.py: demo_preset(), seed 0) and renders every task through models/reference_tasks.py
+with the same explicit noises: initial noise, the source and the reference VAE posterior draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+
+from acestep_edge.export.demo_bundle import SEED, SILENCE_FRAMES, default_out, demo_preset  # noqa: E402
+from acestep_edge.models.random_checkpoint import write_random_checkpoint  # noqa: E402
+from acestep_edge.models.reference import ReferencePipeline  # noqa: E402
+from acestep_edge.models.reference_tasks import TaskParams, TaskReference  # noqa: E402
+from acestep_edge.runtime import source_audio  # noqa: E402
+from acestep_edge.runtime.audio_io import read_audio  # noqa: E402
+from acestep_edge.runtime.pipeline import GenerationConfig, Pipeline  # noqa: E402
+from acestep_edge.runtime.request import parse_request  # noqa: E402
+
+UUID = "6a1e2f2c-52a2-4f57-9d0b-0f1a9c2b7d11"
+SR = 48000
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_ckpt")
+    write_random_checkpoint(root, demo_preset(), seed=SEED, layout="official", dtype=torch.float32,
+                            silence_frames=SILENCE_FRAMES)
+    return TaskReference(ReferencePipeline.from_checkpoint(root))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.load(default_out())
+
+
+def _clip(path, seconds, sr, seed, freq=330.0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.4 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.size)
+    sf.write(str(path), np.stack([x, np.roll(x, 100)], 1), sr)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    return {"six": _clip(d / "six.wav", 6.0, 44100, 1), "three": _clip(d / "three.flac", 3.0, 22050, 2, 550.0),
+            "ref": _clip(d / "ref.wav", 12.0, SR, 3, 220.0)}
+
+
+def rel(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+# (name, request changes, TaskParams changes, expected output seconds of padding)
+CASES = [
+    ("cover", {}, {"task": "cover"}, 0.0),
+    ("cover_switch", {"settings": {"coverConditioningScale": 0.5}}, {"task": "cover", "cover_scale": 0.5}, 0.0),
+    ("cover_strength", {"strength": 0.6}, {"task": "cover", "strength": 0.6}, 0.0),
+    ("repaint_inside", {"settings": {"repaintingStart": 1.0, "repaintingEnd": 3.5}},
+     {"task": "repaint", "window": (1.0, 3.5)}, 0.0),
+    ("repaint_outpaint", {"settings": {"repaintingStart": -1.5, "repaintingEnd": 8.0}, "strength": 0.3},
+     {"task": "repaint", "window": (-1.5, 8.0), "strength": 0.3}, 3.5),
+    ("repaint_conservative", {"settings": {"repaintingStart": 2.0, "repaintingEnd": -1, "repaintMode": "conservative"}},
+     {"task": "repaint", "window": (2.0, -1), "repaint_mode": "conservative"}, 0.0),
+    ("extract", {"settings": {"task": "extract", "trackName": "vocals"}},
+     {"task": "extract", "track_name": "vocals"}, 0.0),
+    ("lego", {"settings": {"task": "lego", "trackName": "drums", "repaintingStart": 1.0, "repaintingEnd": 4.0}},
+     {"task": "lego", "track_name": "drums", "window": (1.0, 4.0)}, 0.0),
+    ("complete", {"settings": {"task": "complete", "trackClasses": ["drums", "bass"]}},
+     {"task": "complete", "track_classes": ("drums", "bass")}, 0.0),
+    ("negative", {"negativePrompt": "harsh noise, distorted", "settings": {"useNegativePrompt": True}},
+     {"task": "cover", "negative": "harsh noise, distorted"}, 0.0),
+]
+
+
+def _request(source, steps, seed, changes):
+    req = {"taskType": "audioInference", "taskUUID": UUID, "positivePrompt": "calm piano", "steps": steps,
+           "seed": seed, "inputs": {"audio": source}}
+    req.update(changes)
+    return req
+
+
+def _compare(pipe, ref, req, params, source, reference=None):
+    cond = pipe.condition(parse_request(req), req["seed"])
+    noise = np.random.default_rng(99).standard_normal((1, cond.frames, 64)).astype(np.float32)
+    got = pipe.generate(req, noise=noise, conditioning=cond)
+    audio = read_audio(source) if source is not None else None
+    padded = cond.edit.source_audio.shape[-1] if cond.edit is not None else None
+    src_noise = source_audio.posterior_noise(req["seed"], padded // 1920, source_audio.SOURCE_STREAM) if padded else None
+    ref_noise = source_audio.posterior_noise(req["seed"], 750, source_audio.REFERENCE_STREAM)
+    want_lat, want_audio = ref.render(TaskParams(source=audio, steps=req["steps"], **params), noise, src_noise,
+                                      ref_noise if reference is not None else None)
+    assert got.latents.shape == want_lat.shape
+    assert rel(got.latents, want_lat) < TOL
+    assert got.audio.shape == want_audio.shape
+    return got, audio
+
+
+@pytest.mark.parametrize("name,req_changes,params,pad", CASES, ids=[c[0] for c in CASES])
+def test_task_matches_reference(pipe, ref, clips, name, req_changes, params, pad):
+    req = _request(clips["six"], 3, 5, req_changes)
+    params = dict(caption="calm piano", **params)
+    got, audio = _compare(pipe, ref, req, params, clips["six"])
+    # Output length: the source's (plus any outpainted seconds), never the 128-frame minimum.
+    assert got.audio.shape == (2, audio.shape[-1] + int(round(pad * SR)))
+    assert got.latents.shape[1] == max(128, got.audio.shape[-1] // 1920)
+
+
+def test_short_source_and_timbre_reference(pipe, ref, clips):
+    # A 3-s 22.05 kHz source: latents padded with silence to 128 frames, audio cut back to 3 s.
+    req = _request(clips["three"], 3, 8, {"settings": {"task": "extract", "referenceAudio": clips["ref"]}})
+    got, audio = _compare(pipe, ref, req, dict(caption="calm piano", task="extract", reference=read_audio(clips["ref"])),
+                          clips["three"], reference=True)
+    assert got.latents.shape == (1, 128, 64) and got.audio.shape == (2, 3 * SR)
+
+
+def test_text2music_timbre_reference(pipe, ref, clips):
+    req = {"taskType": "audioInference", "taskUUID": UUID, "positivePrompt": "calm piano", "steps": 2, "seed": 4,
+           "duration": 10, "settings": {"referenceAudio": clips["three"]}}
+    got, _ = _compare(pipe, ref, req, dict(caption="calm piano", task="text2music", duration=10.0,
+                                            reference=read_audio(clips["three"])), None, reference=True)
+    assert got.audio.shape == (2, 10 * SR)
+
+
+def test_repaint_at_50_steps(pipe, ref, clips):
+    # 50 steps (25 with injection); CFGScale 1 keeps it to one DiT call per step (guidance is
+    # covered by the other cases).
+    req = _request(clips["six"], 50, 6, {"settings": {"repaintingStart": 1.0, "repaintingEnd": 3.0},
+                                         "CFGScale": 1.0})
+    _compare(pipe, ref, req, dict(caption="calm piano", task="repaint", window=(1.0, 3.0), cfg_scale=1.0),
+             clips["six"])
+
+
+def test_repaint_keeps_the_source_outside_the_window(pipe, clips):
+    req = _request(clips["six"], 2, 5, {"settings": {"repaintingStart": 2.0, "repaintingEnd": 4.0},
+                                        "strength": 0.0})
+    cond = pipe.condition(parse_request(req), 5)
+    got = pipe.generate(req, conditioning=cond)
+    s, e = int(2.0 * SR / 1920), int(4.0 * SR / 1920)
+    lat = got.latents[0]
+    clean = cond.edit.source_latents[0]
+    # strength 0 = 25-frame crossfade: frames beyond it are the clean source, the window is new.
+    assert np.array_equal(lat[: s - 25], clean[: s - 25]) and np.array_equal(lat[e + 25:], clean[e + 25:])
+    assert not np.allclose(lat[s:e], clean[s:e])
+
+
+def test_tiled_source_encode_matches_reference(ref, clips):
+    # 4-s windows with 1-s overlap: the 6-s source is encoded in three overlapping windows.
+    tiled = Pipeline.load(default_out(), config=GenerationConfig(encode_window=4.0, encode_overlap=1.0))
+    req = _request(clips["six"], 2, 9, {"settings": {"task": "extract"}})
+    _compare(tiled, ref, req, dict(caption="calm piano", task="extract", encode_window=4.0, encode_overlap=1.0),
+             clips["six"])

@@ -43,7 +43,7 @@ def _log(msg: str) -> None:
                    "ONNX Runtime's CPU kernel for the --ops form would build the full score matrix "
                    "(standard always; ort with a mask or causal), fused otherwise (see kernels/README.md).")
 @click.option("--query-block", "query_block", type=click.IntRange(min=1), default=None,
-              help="Queries per step of the chunked attention [default: 128]. Smaller uses less memory "
+              help="Queries per step of the chunked attention [default: 64]. Smaller uses less memory "
                    "(about batch x heads x block x keys x 4 bytes per step), larger fewer steps.")
 @click.option("--graphs", "graphs", multiple=True, type=click.Choice(GRAPHS),
               help="Export only these graphs (repeat the option). Default: all seven. A partial bundle "

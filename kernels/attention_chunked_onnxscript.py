@@ -56,7 +56,7 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
 
 
 def attention_chunked(q, k, v, key_padding_mask=None, causal: bool = False, scale: float | None = None,
-                      block: int = 128):
+                      block: int = 64):
     """softmax(q·kᵀ·scale + mask)·v, queries in Scan steps of `block`; q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]."""
     hq, hkv, d, dv = q.shape[1], k.shape[1], q.shape[3], v.shape[3]
     if not all(isinstance(n, int) for n in (hq, hkv, d, dv)):

@@ -25,7 +25,7 @@ MODES = ("standard", "ort", "plain")
 FULL_ATTENTION = ("auto", "chunked", "fused")
 # Queries per Scan step of the chunked lowering; chosen by time vs memory in
 # benchmarks/full_attention_memory.py (see benchmarks/RESULTS.md).
-DEFAULT_QUERY_BLOCK = 128
+DEFAULT_QUERY_BLOCK = 64
 
 _mode: str | None = None
 _full_attention: str = "auto"

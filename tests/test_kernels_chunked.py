@@ -2,7 +2,7 @@
 
 One graph per lowering holds full self-attention, causal self-attention and masked cross-attention
 (GQA 4/2 heads × 8), exported at T = 9 with T, S and B dynamic, then run at T ∈ {1, 127, 128,
-129, 2001} (block 128: one row, block − 1, a block, block + 1, many blocks) for batch 1 and 2, and
+129, 2001} (default block 64: one row, two blocks − 1, two blocks, + 1, many blocks) for batch 1 and 2, and
 at T = 15000 in a subprocess whose address space is capped below one [B, H, T, T] fp32 tensor.
 """
 
@@ -22,9 +22,11 @@ ort = pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from acestep_edge.kernels.attention import attention, attention_ref  # noqa: E402
-from acestep_edge.kernels.lowering import full_attention_form, translation_table, use_lowering  # noqa: E402
+from acestep_edge.kernels.lowering import (  # noqa: E402
+    DEFAULT_QUERY_BLOCK, full_attention_form, translation_table, use_lowering)
 
-HQ, HKV, D, BLOCK, CROSS = 4, 2, 8, 128, 77
+HQ, HKV, D, CROSS = 4, 2, 8, 77
+BLOCK = DEFAULT_QUERY_BLOCK  # what the export ships (64)
 LENGTHS = (1, 127, 128, 129, 2001)
 LONG = 15000
 NAMES = ("q", "k", "v", "kc", "vc", "kc_valid")

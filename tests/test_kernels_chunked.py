@@ -2,8 +2,9 @@
 
 One graph per lowering holds full self-attention, causal self-attention and masked cross-attention
 (GQA 4/2 heads × 8), exported at T = 9 with T, S and B dynamic, then run at T ∈ {1, 127, 128,
-129, 2001} (default block 64: one row, two blocks − 1, two blocks, + 1, many blocks) for batch 1 and 2, and
-at T = 15000 in a subprocess whose address space is capped below one [B, H, T, T] fp32 tensor.
+129, 2001} (default block 64: one row, two blocks − 1, two blocks, two blocks + 1, many blocks)
+for batch 1 and 2, and at T = 15000 in a subprocess whose address space is capped below one
+[B, H, T, T] fp32 tensor.
 """
 
 from __future__ import annotations

@@ -12,11 +12,14 @@ Runs at export time (trace-only), like `attention_onnxscript.py`.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx_ir as ir
 from onnxscript import opset23 as op
 
 _MASKED = float(np.finfo(np.float32).min)  # finite fill, as the blocked lowering: no NaN for empty rows
+_BODIES = itertools.count()  # one prefix per body: ONNX wants every value name unique in the model
 
 
 def _const(tape: ir.tape.Tape, values, dtype=np.int64) -> ir.Value:
@@ -27,7 +30,8 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
           key_valid, causal_cols):
     """Scan body: block start (scalar) → that block's output [B, Hkv, G, block, Dv]."""
     tape = ir.tape.Tape()
-    start = ir.Value(name="chunk_start", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    prefix = f"chunked_attention_{next(_BODIES)}"
+    start = ir.Value(name=f"{prefix}_start", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
     begin = tape.op("Unsqueeze", [start, _const(tape, [0])])
     blk = _const(tape, [block])
     rows = tape.op("Slice", [q5, begin, tape.op("Add", [begin, blk]), _const(tape, [3])])  # ≤ block queries
@@ -52,7 +56,9 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
     out = tape.op("MatMul", [probs, v])  # [B, Hkv, G·block, Dv]
     out = tape.op("Reshape", [out, _const(tape, [0, 0, groups, block, dv])])
     out.type = ir.TensorType(dtype)
-    return ir.Graph([start], [out], nodes=tape.nodes, name="chunked_attention_block")
+    for i, value in enumerate(v for node in tape.nodes for v in node.outputs):
+        value.name = f"{prefix}_{i}"  # unnamed body values would be named per graph and could clash
+    return ir.Graph([start], [out], nodes=tape.nodes, name=prefix)
 
 
 def attention_chunked(q, k, v, key_padding_mask=None, causal: bool = False, scale: float | None = None,

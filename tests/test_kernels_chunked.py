@@ -87,6 +87,7 @@ def _session(path):
 
 
 def test_chunked_graph_has_one_scan_per_attention_and_no_fused_op(graphs):
+    onnx.checker.check_model(graphs["chunked"], full_check=True)
     model = onnx.load(graphs["chunked"])
     types = [n.op_type for n in model.graph.node]
     assert types.count("Scan") == 3
@@ -112,6 +113,30 @@ def test_chunked_matches_fused_and_numpy(graphs, batch):
             assert got[name].shape == ref[name].shape, (name, length)
             assert rel_err(got[name], old[name]) <= TOL, (name, batch, length, "vs fused")
             assert rel_err(got[name], ref[name]) <= TOL, (name, batch, length, "vs numpy")
+
+
+def test_chunked_fp16_keeps_the_softmax_in_fp32(tmp_path):
+    # An fp16 graph: the body casts the scores to fp32 for the softmax and back before P·V.
+    model = FullAttentions()
+    f = make_inputs(np.random.default_rng(5), 2, 9, 5)
+    f16 = {n: (a.astype(np.float16) if a.dtype == np.float32 else a) for n, a in f.items()}
+    batch, length, cross = (torch.export.Dim(n, max=100_000) for n in ("batch", "length", "cross"))
+    self_axes, cross_axes = {0: batch, 2: length}, {0: batch, 2: cross}
+    dynamic = (self_axes, self_axes, self_axes, cross_axes, cross_axes, {0: batch, 1: cross})
+    with use_lowering("standard", full_attention="chunked", query_block=4):
+        program = torch.onnx.export(model, tuple(torch.from_numpy(f16[n]) for n in NAMES), dynamo=True,
+                                    opset_version=23, dynamic_shapes=dynamic, input_names=list(NAMES),
+                                    output_names=list(OUTPUTS), custom_translation_table=translation_table("standard"),
+                                    verbose=False)
+    program.save(str(tmp_path / "fp16.onnx"))
+    session = _session(str(tmp_path / "fp16.onnx"))
+    for length in (1, 4, 30):
+        g = {n: (a.astype(np.float16) if a.dtype == np.float32 else a)
+             for n, a in make_inputs(np.random.default_rng(length), 2, length).items()}
+        ref = references({n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in g.items()})
+        for name, got in zip(OUTPUTS, session.run(list(OUTPUTS), g)):
+            assert got.dtype == np.float16
+            assert rel_err(got, ref[name]) <= 5e-3, (name, length)  # fp16 rounding of inputs and outputs
 
 
 _CHILD = textwrap.dedent("""

@@ -13,6 +13,7 @@ import click
 GRAPHS = ("text_encoder", "condition_encoder", "dit", "vae_decoder", "vae_encoder", "audio_tokenizer",
           "audio_detokenizer")
 OPS = ("standard", "ort", "plain")
+FULL_ATTENTION = ("auto", "chunked", "fused")
 
 
 def _log(msg: str) -> None:
@@ -34,13 +35,23 @@ def _log(msg: str) -> None:
               help="How attention, RMSNorm and rotary are lowered: standard opset-23 ops (Attention, "
                    "RMSNormalization, RotaryEmbedding), ONNX Runtime contrib ops (ort), or basic ops only "
                    "(plain, what TensorRT accepts).")
+@click.option("--full-attention", "full_attention", type=click.Choice(FULL_ATTENTION), default="auto",
+              show_default=True,
+              help="How full and cross attention (not the sliding layers) is lowered: chunked = queries in "
+                   "blocks against all keys (an ONNX Scan; memory O(block x keys), no score matrix), fused = "
+                   "the --ops form (Attention, MultiHeadAttention, or MatMul/Softmax). auto = chunked where "
+                   "ONNX Runtime's CPU kernel for the --ops form would build the full score matrix "
+                   "(standard always; ort with a mask or causal), fused otherwise (see kernels/README.md).")
+@click.option("--query-block", "query_block", type=click.IntRange(min=1), default=None,
+              help="Queries per step of the chunked attention [default: 64]. Smaller uses less memory "
+                   "(about batch x heads x block x keys x 4 bytes per step), larger fewer steps.")
 @click.option("--graphs", "graphs", multiple=True, type=click.Choice(GRAPHS),
               help="Export only these graphs (repeat the option). Default: all seven. A partial bundle "
                    "is for development; the runtime needs every graph its tasks use.")
 @click.option("--skip-parity", is_flag=True,
               help="Do not run the ONNX Runtime vs torch fp32 check (it needs the torch graph and the "
                    "ONNX session in memory one after the other).")
-def export_command(checkpoint, out, layout, precision, ops, graphs, skip_parity):
+def export_command(checkpoint, out, layout, precision, ops, full_attention, query_block, graphs, skip_parity):
     """Export an ACE-Step checkpoint to an ONNX bundle (see docs/bundle-format.md).
 
     Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
@@ -51,14 +62,22 @@ def export_command(checkpoint, out, layout, precision, ops, graphs, skip_parity)
         raise click.ClickException(
             f"export needs the [export] extra ({exc.name or exc} is missing): pip install 'acestep-edge[export]'"
         ) from exc
-    from acestep_edge.export.onnx_export import ExportError, ops_modes
+    from acestep_edge.export.onnx_export import ExportError, attention_lowering, full_attention_modes, ops_modes
     from acestep_edge.models.checkpoint import CheckpointError
 
     if ops not in ops_modes():
         raise click.BadParameter(f"this installation offers ops {', '.join(ops_modes()) or 'none'}", param_hint="--ops")
+    if full_attention not in full_attention_modes():
+        raise click.BadParameter(f"this installation offers {', '.join(full_attention_modes()) or 'none'}",
+                                 param_hint="--full-attention")
+    if query_block is not None and (full_attention == "fused" or (full_attention == "auto" and ops == "plain")):
+        raise click.BadParameter(f"--query-block sets the chunked lowering, which --full-attention {full_attention} "
+                                 f"with --ops {ops} never uses (drop it, or pass --full-attention chunked)",
+                                 param_hint="--query-block")
     try:
-        path = export_bundle(checkpoint, out, layout=layout, precision=precision, ops=ops,
-                             graphs=graphs or None, parity=not skip_parity, command=invoked_command(), log=_log)
+        with attention_lowering(full_attention, query_block):
+            path = export_bundle(checkpoint, out, layout=layout, precision=precision, ops=ops,
+                                 graphs=graphs or None, parity=not skip_parity, command=invoked_command(), log=_log)
     except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     from acestep_edge.export.inspect import inspect_bundle

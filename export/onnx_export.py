@@ -32,14 +32,42 @@ def ops_modes() -> tuple[str, ...]:
     return tuple(MODES)
 
 
+def full_attention_modes() -> tuple[str, ...]:
+    """The `--full-attention` choices the kernels package offers (empty when it has none)."""
+    try:
+        from acestep_edge.kernels.lowering import FULL_ATTENTION
+    except ImportError:
+        return ()
+    return tuple(FULL_ATTENTION)
+
+
+# How full/cross attention is lowered by `export_program` calls that do not say (see
+# kernels/lowering.py): 'auto' | 'chunked' | 'fused', and the chunked lowering's query block.
+_attention_defaults: dict = {"full_attention": "auto", "query_block": None}
+
+
 @contextlib.contextmanager
-def _lowering(ops: str | None):
+def attention_lowering(full_attention: str = "auto", query_block: int | None = None):
+    """Within the block, every graph exported without explicit options uses these (e.g. a whole bundle)."""
+    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
+
+    check_full_attention(full_attention, DEFAULT_QUERY_BLOCK if query_block is None else query_block)
+    previous = dict(_attention_defaults)
+    _attention_defaults.update(full_attention=full_attention, query_block=query_block)
+    try:
+        yield
+    finally:
+        _attention_defaults.update(previous)
+
+
+@contextlib.contextmanager
+def _lowering(ops: str | None, full_attention: str, query_block: int):
     if ops is None:
         yield {}
         return
     from acestep_edge.kernels.lowering import translation_table, use_lowering
 
-    with use_lowering(ops):
+    with use_lowering(ops, full_attention=full_attention, query_block=query_block):
         yield translation_table(ops, OPSET)
 
 
@@ -63,13 +91,22 @@ def _quiet_exporter():
 
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
-                   args: tuple | None = None, optimize: bool = True):
-    """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims."""
+                   args: tuple | None = None, optimize: bool = True, full_attention: str | None = None,
+                   query_block: int | None = None):
+    """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
+
+    `full_attention` ('auto', 'chunked', 'fused') and `query_block` choose the full/cross attention
+    lowering under `ops` (see kernels/lowering.py); None takes `attention_lowering`'s setting.
+    """
+    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK
+
     if args is None:
         args = spec.example(example_sizes(), preset, torch.Generator().manual_seed(0))
+    full_attention = full_attention or _attention_defaults["full_attention"]
+    query_block = query_block or _attention_defaults["query_block"] or DEFAULT_QUERY_BLOCK
     module = module.eval()
     try:
-        with _lowering(ops) as table, _quiet_exporter(), torch.no_grad():
+        with _lowering(ops, full_attention, query_block) as table, _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=spec.dynamic(),
                 input_names=[i.name for i in spec.inputs], output_names=[o.name for o in spec.outputs],
@@ -78,6 +115,9 @@ def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | 
     except Exception as exc:  # the exporter raises many types; all mean "this graph failed"
         raise ExportError(f"exporting graph {spec.name!r} (ops={ops}) failed: {type(exc).__name__}: {exc}") from exc
     rename_dims(program.model, spec)
+    if ops is not None:  # the graph says how it was lowered (onnx.load(...).metadata_props)
+        program.model.metadata_props.update({"acestep.ops": ops, "acestep.full_attention": full_attention,
+                                             "acestep.query_block": str(query_block)})
     return program
 
 

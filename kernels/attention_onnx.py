@@ -1,11 +1,13 @@
-"""Export-side attention: blocked local (sliding) attention, plain-op attention, and the fused custom op.
+"""Export-side attention: blocked local (sliding) attention, plain-op attention, and the custom ops.
 
-Three lowerings of `kernels.attention.attention` (selected with `kernels.lowering.use_lowering`):
+Lowerings of `kernels.attention.attention` (selected with `kernels.lowering.use_lowering`):
 - sliding layers (``window`` set) always use `blocked_local_attention`: plain traceable torch ops,
   O(L·window) memory, dynamic L in the exported graph;
-- ``plain``: full/cross attention as MatMul → Softmax → MatMul (what TensorRT accepts);
-- ``standard`` / ``ort``: full/cross attention through the ``acestep::attention`` custom op, which
-  `translation_functions` turns into ONNX ``Attention`` (opset 23) or ORT ``MultiHeadAttention``.
+- full/cross attention, ``chunked`` form (any mode): the ``acestep::chunked_attention`` custom op,
+  which `translation_functions` turns into a ``Scan`` over query blocks (O(block·Lk) scores);
+- full/cross attention, ``fused`` form: ``plain`` → MatMul → Softmax → MatMul (what TensorRT
+  accepts); ``standard`` / ``ort`` → the ``acestep::attention`` custom op, translated into ONNX
+  ``Attention`` (opset 23) or ORT ``MultiHeadAttention``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from acestep_edge.kernels.attention import attention as _eager_attention
-from acestep_edge.kernels.lowering import eager
+from acestep_edge.kernels.lowering import eager, full_attention_form, query_block
 
 _MASKED = torch.finfo(torch.float32).min  # finite: a fully masked (padding) row gives no NaN
 
@@ -147,19 +149,46 @@ def _(q, k, v, key_padding_mask, causal, scale):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
+@torch.library.custom_op("acestep::chunked_attention", mutates_args=())
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+    block: int,
+) -> torch.Tensor:
+    # Eager body = the eager attention (same maths); only the ONNX body is chunked.
+    with eager():
+        return _eager_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale).contiguous()
+
+
+@chunked_attention.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, block):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
 def lowered_attention(mode: str, q, k, v, *, window=None, causal=False, key_padding_mask=None, scale=None):
     """What `attention()` runs when a lowering mode is active."""
     if window is not None:
         return blocked_local_attention(q, k, v, window, scale=scale, causal=causal, key_padding_mask=key_padding_mask)
+    _check_heads(q, k, v)
+    scale = None if scale is None else float(scale)
+    if full_attention_form(mode, key_padding_mask is not None, causal) == "chunked":
+        return torch.ops.acestep.chunked_attention(q, k, v, key_padding_mask, causal, scale, query_block())
     if mode == "plain":
         return plain_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-    _check_heads(q, k, v)
-    return torch.ops.acestep.attention(q, k, v, key_padding_mask, causal, None if scale is None else float(scale))
+    return torch.ops.acestep.attention(q, k, v, key_padding_mask, causal, scale)
 
 
 def translation_functions(mode: str) -> dict:
-    """{custom op overload: onnxscript function} for `mode` ('standard' or 'ort')."""
+    """{custom op overload: onnxscript function} for `mode`: the chunked op always, the fused op if any."""
+    from acestep_edge.kernels import attention_chunked_onnxscript as chunked
     from acestep_edge.kernels import attention_onnxscript as oscr
 
-    fn = {"standard": oscr.attention_standard, "ort": oscr.attention_ort}[mode]
-    return {torch.ops.acestep.attention.default: fn}
+    table = {torch.ops.acestep.chunked_attention.default: chunked.attention_chunked}
+    fused = {"standard": oscr.attention_standard, "ort": oscr.attention_ort}.get(mode)
+    if fused is not None:
+        table[torch.ops.acestep.attention.default] = fused
+    return table

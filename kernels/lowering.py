@@ -7,7 +7,14 @@
 Modes: ``standard`` (ONNX opset-23 ``Attention``/``RMSNormalization``/``RotaryEmbedding``),
 ``ort`` (ONNX Runtime contrib ops), ``plain`` (basic ops only, for TensorRT). Outside the context
 (mode None) the torch functions run their eager code, unchanged. Sliding-window attention uses the
-blocked local lowering in every mode. This module imports torch only inside `translation_table`.
+blocked local lowering in every mode.
+
+Full and cross attention (no window) take one of two forms, `full_attention=`:
+``fused`` (the mode's op: ``Attention``, ``MultiHeadAttention`` or MatMul → Softmax → MatMul) or
+``chunked`` (an ONNX ``Scan`` over blocks of `query_block` queries, each against all keys, so no
+[Lq, Lk] score tensor exists). ``auto`` (the default) picks ``chunked`` where the mode's op
+materialises the scores on ONNX Runtime CPU (see kernels/README.md) and ``fused`` elsewhere.
+This module imports torch only inside `translation_table`.
 """
 
 from __future__ import annotations
@@ -15,8 +22,14 @@ from __future__ import annotations
 import contextlib
 
 MODES = ("standard", "ort", "plain")
+FULL_ATTENTION = ("auto", "chunked", "fused")
+# Queries per Scan step of the chunked lowering; chosen by time vs memory in
+# benchmarks/full_attention_memory.py (see benchmarks/RESULTS.md).
+DEFAULT_QUERY_BLOCK = 64
 
 _mode: str | None = None
+_full_attention: str = "auto"
+_query_block: int = DEFAULT_QUERY_BLOCK
 
 
 def current_mode() -> str | None:
@@ -30,15 +43,45 @@ def _check_mode(mode) -> str:
     return mode
 
 
+def check_full_attention(full_attention, query_block) -> tuple[str, int]:
+    """Validate the full-attention choice and block size; returns them."""
+    if full_attention not in FULL_ATTENTION:
+        raise ValueError(f"unknown full-attention lowering {full_attention!r}; choose one of {', '.join(FULL_ATTENTION)}")
+    if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 1:
+        raise ValueError(f"query block must be a positive int, got {query_block!r}")
+    return full_attention, query_block
+
+
+def full_attention_form(mode: str, masked: bool, causal: bool) -> str:
+    """'chunked' or 'fused' for one full/cross attention call under `mode` and the active setting.
+
+    ``auto``: ONNX Runtime's CPU ``Attention`` (standard) always builds the [B, H, Lq, Lk] scores;
+    its CPU ``MultiHeadAttention`` (ort) runs a tiled flash kernel unless there is a mask or causal
+    flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
+    """
+    if _full_attention != "auto":
+        return _full_attention
+    if mode == "standard" or (mode == "ort" and (masked or causal)):
+        return "chunked"
+    return "fused"
+
+
+def query_block() -> int:
+    return _query_block
+
+
 @contextlib.contextmanager
-def use_lowering(mode: str):
+def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK):
     """Within the block, kernels trace to `mode`'s ONNX form (module-level state, not thread-safe)."""
-    global _mode
-    previous, _mode = _mode, _check_mode(mode)
+    global _mode, _full_attention, _query_block
+    _check_mode(mode)
+    check_full_attention(full_attention, query_block)
+    previous = _mode, _full_attention, _query_block
+    _mode, _full_attention, _query_block = mode, full_attention, query_block
     try:
         yield mode
     finally:
-        _mode = previous
+        _mode, _full_attention, _query_block = previous
 
 
 @contextlib.contextmanager
@@ -57,8 +100,8 @@ def translation_table(mode: str, opset: int = 23) -> dict:
     _check_mode(mode)
     if opset < 23:
         raise ValueError(f"the kernels' ONNX lowerings need opset >= 23, got {opset}")
-    if mode == "plain":
-        return {}  # plain mode emits no custom ops
     from acestep_edge.kernels import attention_onnx, norm_rotary_onnx
 
+    if mode == "plain":  # only the chunked attention op; everything else traces to basic ops
+        return attention_onnx.translation_functions(mode)
     return {**attention_onnx.translation_functions(mode), **norm_rotary_onnx.translation_functions(mode)}

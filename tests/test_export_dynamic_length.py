@@ -1,15 +1,20 @@
-"""A DiT with the XL window (±128) exported once runs at other lengths: the trace must not fix T."""
+"""A DiT with the XL window (±128) exported once runs at other lengths: the trace must not fix T.
+
+Covers the full-attention lowerings too: ``standard`` with the default (``auto`` → chunked Scan)
+and with the fused ``Attention`` op, and ``plain`` (fused MatMul/Softmax by default).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from acestep_edge.export.graphs import graph_specs
-from acestep_edge.export.onnx_export import export_program, save_program
+from acestep_edge.export.onnx_export import attention_lowering, export_program, save_program
 from acestep_edge.models.acestep import AceStepModel
 from acestep_edge.models.config import tiny
 from acestep_edge.models.random_checkpoint import random_tensor
@@ -17,9 +22,13 @@ from acestep_edge.models.random_checkpoint import random_tensor
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.mark.parametrize("ops", ["standard", "plain"])
+# (ops, --full-attention) → (Scan present, Attention present) in the DiT graph.
+EXPECTED = {("standard", "auto"): (True, False), ("standard", "fused"): (False, True), ("plain", "auto"): (False, False)}
+
+
+@pytest.mark.parametrize("ops, full_attention", [("standard", "auto"), ("standard", "fused"), ("plain", "auto")])
 @torch.no_grad()
-def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops):
+def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops, full_attention):
     preset = tiny()
     preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, sliding_window=128))
     model = AceStepModel(preset.dit)
@@ -27,7 +36,13 @@ def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops):
     spec = graph_specs(preset)["dit"]
     graph = spec.build(type("Ck", (), {"acestep": model})())
     path = tmp_path / "dit.onnx"
-    save_program(export_program(spec, graph, preset, ops=ops), path)
+    with attention_lowering(full_attention):
+        save_program(export_program(spec, graph, preset, ops=ops), path)
+    proto = onnx.load(str(path), load_external_data=False)
+    types = {n.op_type for n in proto.graph.node}
+    assert ("Scan" in types, "Attention" in types) == EXPECTED[ops, full_attention], types
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["acestep.ops"] == ops and meta["acestep.full_attention"] == full_attention
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(1)
     for frames in (3, 37, 600, 1201):  # 600 frames = 300 tokens: more than two ±128 blocks

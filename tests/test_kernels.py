@@ -77,18 +77,24 @@ def torch_outputs(model, f: dict) -> dict:
     return {name: o.numpy() for name, o in zip(OUTPUTS, outs)}
 
 
-def export_session(mode: str, model: AllKernels, tmp_path) -> tuple[ort.InferenceSession, onnx.ModelProto]:
+# (ops mode, full-attention form): every mode's fused ops, and the chunked Scan (block 4, so the
+# lengths above fall on, inside and across block boundaries).
+LOWERINGS = tuple((mode, "fused") for mode in MODES) + (("standard", "chunked"),)
+
+
+def export_session(lowering: tuple[str, str], model: AllKernels, tmp_path) -> tuple[ort.InferenceSession, onnx.ModelProto]:
+    mode, form = lowering
     batch, length, cross = torch.export.Dim("batch", max=64), torch.export.Dim("length", max=100_000), \
         torch.export.Dim("cross", max=100_000)
     f = make_inputs(np.random.default_rng(0), 2, 9, 5)
     args = tuple(torch.from_numpy(f[n]) for n in ("q", "k", "v", "kc", "vc", "kc_valid"))
     self_axes, cross_axes = {0: batch, 2: length}, {0: batch, 2: cross}
     dynamic = (self_axes, self_axes, self_axes, cross_axes, cross_axes, {0: batch, 1: cross})
-    with use_lowering(mode):
+    with use_lowering(mode, full_attention=form, query_block=4):
         program = torch.onnx.export(model, args, dynamo=True, opset_version=23, dynamic_shapes=dynamic,
                                     input_names=["q", "k", "v", "kc", "vc", "kc_valid"], output_names=list(OUTPUTS),
                                     custom_translation_table=translation_table(mode), verbose=False)
-    path = tmp_path / f"kernels_{mode}.onnx"
+    path = tmp_path / f"kernels_{mode}_{form}.onnx"
     program.save(str(path))
     proto = onnx.load(str(path))
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), proto
@@ -100,9 +106,9 @@ def model():
     return AllKernels().eval()
 
 
-@pytest.fixture(scope="module", params=MODES)
+@pytest.fixture(scope="module", params=LOWERINGS, ids=lambda p: "-".join(p))
 def exported(request, model, tmp_path_factory):
-    session, proto = export_session(request.param, model, tmp_path_factory.mktemp(request.param))
+    session, proto = export_session(request.param, model, tmp_path_factory.mktemp("-".join(request.param)))
     return request.param, session, proto
 
 
@@ -117,11 +123,12 @@ def test_eager_matches_numpy_and_is_unchanged_outside_lowering(model):
         assert rel_err(got[name], ref[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_lowered_torch_matches_numpy(model, mode):
+@pytest.mark.parametrize("lowering", LOWERINGS, ids=lambda p: "-".join(p))
+def test_lowered_torch_matches_numpy(model, lowering):
     # Under a lowering the torch code is what gets traced; run it eagerly (custom ops call their eager body).
+    mode, form = lowering
     f = make_inputs(np.random.default_rng(2), 2, 13, 7)
-    with use_lowering(mode):
+    with use_lowering(mode, full_attention=form):
         got = torch_outputs(model, f)
     ref = references(model, f)
     for name in OUTPUTS:
@@ -137,6 +144,12 @@ def test_use_lowering_validates_and_restores():
             assert current_mode() == "ort"
         assert current_mode() == "plain"
     assert current_mode() is None
+    with pytest.raises(ValueError, match="full-attention"):
+        with use_lowering("standard", full_attention="flash"):
+            pass
+    with pytest.raises(ValueError, match="query block"):
+        with use_lowering("standard", query_block=0):
+            pass
     with pytest.raises(ValueError, match="opset"):
         translation_table("standard", opset=18)
 
@@ -195,19 +208,24 @@ def test_onnxruntime_matches_numpy(exported, model, batch):
 
 
 EXPECTED_FUSED = {
-    "standard": {("", "Attention"), ("", "RMSNormalization"), ("", "RotaryEmbedding")},
-    "ort": {("com.microsoft", "MultiHeadAttention"), ("", "SimplifiedLayerNormalization"),
-            ("com.microsoft", "RotaryEmbedding")},
-    "plain": set(),
+    ("standard", "fused"): {("", "Attention"), ("", "RMSNormalization"), ("", "RotaryEmbedding")},
+    ("ort", "fused"): {("com.microsoft", "MultiHeadAttention"), ("", "SimplifiedLayerNormalization"),
+                       ("com.microsoft", "RotaryEmbedding")},
+    ("plain", "fused"): set(),
+    ("standard", "chunked"): {("", "Scan"), ("", "RMSNormalization"), ("", "RotaryEmbedding")},
 }
 FUSED_NAMES = {"Attention", "RMSNormalization", "RotaryEmbedding", "MultiHeadAttention", "GroupQueryAttention",
                "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization"}
 
 
 def test_emitted_ops(exported):
-    mode, _, proto = exported
+    lowering, _, proto = exported
+    mode, form = lowering
     ops = {(n.domain, n.op_type) for n in proto.graph.node}
-    assert EXPECTED_FUSED[mode] <= ops
+    assert EXPECTED_FUSED[lowering] <= ops
+    if form == "chunked":  # every full/cross attention went through the Scan: no fused attention op left
+        assert not {t for _, t in ops} & {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
+        assert sum(n.op_type == "Scan" for n in proto.graph.node) == 4  # full, causal, cross, cross_masked
     if mode == "plain":
         assert not {d for d, _ in ops} - {""}, "plain mode must stay in the ONNX domain"
         assert not {t for _, t in ops} & FUSED_NAMES

@@ -13,6 +13,7 @@ COMMANDS = {
     "generate": ("acestep_edge.runtime.cli", "generate_command"),
     "export": ("acestep_edge.export.cli", "export_command"),
     "inspect": ("acestep_edge.export.cli", "inspect_command"),
+    "bench": ("acestep_edge.bench.cli", "bench_command"),
 }
 
 
@@ -38,6 +39,7 @@ def main():
       acestep-edge generate REQUEST.json --bundle BUNDLE
       acestep-edge export --checkpoint CKPT --out BUNDLE   (needs the [export] extra)
       acestep-edge inspect BUNDLE --verify
+      acestep-edge bench --bundle BUNDLE [--torch]   time renders stage by stage
     """
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import sampler
 from .bundle import Bundle, SessionOptions
+from .device import DeviceOptions
 from .postprocess import check_latents, finish_audio, tiled_decode
 from .prompts import PromptTokenizer, caption_prompt, format_metas, lyric_prompt, task_instruction
 from .request import Request, RequestError, parse_request
@@ -78,8 +79,10 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "cpu", threads: int | None = None,
-             provider_options: dict | None = None, config: GenerationConfig | None = None) -> "Pipeline":
-        options = SessionOptions(provider=provider, threads=threads, provider_options=provider_options or {})
+             provider_options: dict | None = None, config: GenerationConfig | None = None,
+             device: DeviceOptions | None = None) -> "Pipeline":
+        options = SessionOptions(provider=provider, threads=threads, provider_options=provider_options or {},
+                                 device=device or DeviceOptions())
         return cls(Bundle(bundle, options), config)
 
     # -- conditioning -----------------------------------------------------------------------
@@ -179,11 +182,14 @@ class Render:
         self.latents: np.ndarray | None = None
         self.timings = dict(cond.timings)
         self._dit_seconds = 0.0
-        self._batch2 = {
-            "encoder_states": np.concatenate([cond.encoder_states, cond.null_states]),
-            "src_latents": np.concatenate([cond.src_latents] * 2),
-            "chunk_mask": np.concatenate([cond.chunk_mask] * 2),
-        }
+        # The DiT's constant inputs per batch size (1: conditional only, 2: [cond, null]); a DitRunner keeps
+        # them bound on the device when the provider is a GPU one (runtime/dit_runner.py).
+        self.dit = pipeline.bundle.dit_runner({
+            1: {"encoder_states": cond.encoder_states, "src_latents": cond.src_latents, "chunk_mask": cond.chunk_mask},
+            2: {"encoder_states": np.concatenate([cond.encoder_states, cond.null_states]),
+                "src_latents": np.concatenate([cond.src_latents] * 2),
+                "chunk_mask": np.concatenate([cond.chunk_mask] * 2)},
+        })
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
         shape = (1, self.cond.frames, 64)
@@ -196,17 +202,12 @@ class Render:
         return noise.copy()
 
     def velocity(self, x: np.ndarray, t: float, batch2: bool):
-        cond = self.cond
         start = time.perf_counter()
         if batch2:
-            feeds = dict(self._batch2, x=np.concatenate([x, x]), t=np.full((2,), t, np.float32))
-            (v,) = self.pipeline.bundle.run("dit", feeds)
+            v = self.dit(np.concatenate([x, x]), np.full((2,), t, np.float32))
             out = (v[:1], v[1:])
         else:
-            feeds = {"x": x, "t": np.full((1,), t, np.float32), "encoder_states": cond.encoder_states,
-                     "src_latents": cond.src_latents, "chunk_mask": cond.chunk_mask}
-            (v,) = self.pipeline.bundle.run("dit", feeds)
-            out = (v, None)
+            out = (self.dit(x, np.full((1,), t, np.float32)), None)
         self._dit_seconds += time.perf_counter() - start
         return out
 
@@ -239,7 +240,7 @@ class Render:
         audio = finish_audio(audio, samples, normalize=config.normalize)
         metadata = {
             "timings": self.timings,
-            "warnings": list(self.cond.warnings),
+            "warnings": list(self.cond.warnings) + list(bundle.provider_warnings),
             "prompts": self.cond.prompts,
             "steps": int(self.request.steps),
             "shift": self.shift,

@@ -1,0 +1,105 @@
+"""The DiT calls of one render: plain `session.run`, or IO binding with the constant inputs kept on the device.
+
+With IO binding the encoder states, source latents and chunk masks (constant over a render) are
+uploaded once per batch size; per step only x, t (two floats) and the velocity cross the bus. With
+CUDA graphs (opt-in, CUDA only) x and t are copied into fixed device buffers and the output buffer
+is bound once, which is what onnxruntime's `enable_cuda_graph` requires: the same shapes and
+addresses on every replay. Each (batch, length) pair is its own captured graph (`gpu_graph_id`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .device import session_device
+
+OUTPUT = "velocity"
+
+
+@dataclass
+class _Bound:
+    binding: object
+    keep: dict = field(default_factory=dict)  # OrtValues (and the arrays CPU OrtValues alias) kept alive
+    x: object = None
+    t: object = None
+    out: object = None
+    graph_id: int | None = None
+
+
+class DitRunner:
+    """Runs the DiT for one render. `constants[b]` holds the batch-b constant feeds (everything but x and t)."""
+
+    def __init__(self, session, constants: dict[int, dict[str, np.ndarray]], io_binding: bool = False,
+                 cuda_graph: bool = False, device_id: int = 0):
+        self.session = session
+        self.constants = constants
+        self.device = session_device(list(session.get_providers()))
+        self.device_id = device_id
+        self.io_binding = io_binding
+        # CUDA graphs need every buffer on the GPU; a session that fell back to CPU runs plainly bound.
+        self.cuda_graph = cuda_graph and io_binding and self.device == "cuda"
+        self.calls: list[tuple[int, float]] = []  # (batch, seconds) of every DiT call, for the benchmark
+        self._bound: dict[int, _Bound] = {}
+
+    # -- per-render state ---------------------------------------------------------------------
+    def _ortvalue(self, array: np.ndarray):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
+
+    def _bind(self, batch: int, x: np.ndarray, t: np.ndarray) -> _Bound:
+        bound = self._bound.get(batch)
+        if bound is not None:
+            return bound
+        bound = _Bound(self.session.io_binding())
+        for name, array in self.constants[batch].items():
+            array = np.ascontiguousarray(array)
+            value = self._ortvalue(array)
+            bound.binding.bind_ortvalue_input(name, value)
+            bound.keep[name] = (value, array)
+        if self.cuda_graph:
+            import onnxruntime as ort
+
+            bound.x, bound.t = self._ortvalue(x), self._ortvalue(t)
+            bound.binding.bind_ortvalue_input("x", bound.x)
+            bound.binding.bind_ortvalue_input("t", bound.t)
+            bound.out = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), np.float32, self.device,
+                                                                  self.device_id)
+            bound.binding.bind_ortvalue_output(OUTPUT, bound.out)
+            bound.graph_id = len(self._bound) + 1
+        self._bound[batch] = bound
+        return bound
+
+    # -- one call -----------------------------------------------------------------------------
+    def __call__(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """velocity [B, T, 64] for x [B, T, 64] and t [B]; B selects the constant feeds."""
+        batch = int(x.shape[0])
+        start = time.perf_counter()
+        if not self.io_binding:
+            (v,) = self.session.run(None, dict(self.constants[batch], x=x, t=t))
+        elif self.cuda_graph:
+            v = self._run_graph(self._bind(batch, x, t), x, t)
+        else:
+            bound = self._bind(batch, x, t)
+            xv, tv = self._ortvalue(x), self._ortvalue(t)
+            bound.binding.bind_ortvalue_input("x", xv)
+            bound.binding.bind_ortvalue_input("t", tv)
+            bound.binding.bind_output(OUTPUT, self.device, self.device_id)
+            self.session.run_with_iobinding(bound.binding)
+            v = bound.binding.copy_outputs_to_cpu()[0]
+            bound.binding.clear_binding_outputs()
+        self.calls.append((batch, time.perf_counter() - start))
+        return v
+
+    def _run_graph(self, bound: _Bound, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        bound.x.update_inplace(np.ascontiguousarray(x))
+        bound.t.update_inplace(np.ascontiguousarray(t))
+        options = ort.RunOptions()
+        options.add_run_config_entry("gpu_graph_id", str(bound.graph_id))
+        self.session.run_with_iobinding(bound.binding, options)
+        return bound.out.numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Bundle:
         self.manifest = read_manifest(self.path)
         self._sessions: dict[str, Any] = {}
         self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
+        self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
         self._check_files()
         self.silence_latent = self._load_array("silence_latent")
         self.null_condition_emb = self._load_array("null_condition_emb")
@@ -144,11 +146,7 @@ class Bundle:
             so.intra_op_num_threads = self.options.threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            enc_dim = self.config.get("encoder_hidden_size") if name == "dit" else None
-            with warnings.catch_warnings():  # ORT's own "not in available providers" warning: reported below
-                warnings.simplefilter("ignore", UserWarning)
-                session = ort.InferenceSession(str(self.path / graph["file"]), sess_options=so,
-                                               providers=provider_chain(self.options, name, self.path, enc_dim))
+            session = self._create(ort, name, graph, so)
         except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files
             raise BundleError(f"ONNX Runtime could not load {self.path / graph['file']}: {exc}; {self._fix()}") from exc
         self._check_io(name, graph, session)
@@ -168,6 +166,27 @@ class Bundle:
             self.provider_warnings.append(note)
             warnings.warn(note, RuntimeWarning, stacklevel=3)
 
+    def _create(self, ort, name: str, graph: dict, so):
+        enc_dim = self.config.get("encoder_hidden_size") if name == "dit" else None
+        path = str(self.path / graph["file"])
+        with warnings.catch_warnings():  # ORT's own "not in available providers" warning: reported later
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return ort.InferenceSession(path, sess_options=so,
+                                            providers=provider_chain(self.options, name, self.path, enc_dim))
+            except Exception as exc:
+                if not (name == "dit" and self.options.provider == "cuda" and self.options.device.cuda_graph):
+                    raise
+                # ORT refuses CUDA graphs when any node is placed off the GPU: run without them, say so.
+                self.cuda_graph = False
+                note = f"graph 'dit': CUDA graphs are not possible here ({exc}); running without them"
+                self.provider_warnings.append(note)
+                warnings.warn(note, RuntimeWarning, stacklevel=4)
+                plain = dataclasses.replace(self.options, device=dataclasses.replace(self.options.device,
+                                                                                     cuda_graph=False))
+                return ort.InferenceSession(path, sess_options=so,
+                                            providers=provider_chain(plain, name, self.path, enc_dim))
+
     def _check_io(self, name: str, graph: dict, session) -> None:
         want = [i["name"] for i in graph.get("inputs", [])]
         got = [i.name for i in session.get_inputs()]
@@ -186,7 +205,7 @@ class Bundle:
         from .dit_runner import DitRunner
 
         return DitRunner(self.session("dit"), constants, io_binding=self.options.io_binding,
-                         cuda_graph=self.options.device.cuda_graph, device_id=self.options.device.device_id)
+                         cuda_graph=self.cuda_graph, device_id=self.options.device.device_id)
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session(name).run(None, feeds)

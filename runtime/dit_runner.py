@@ -17,6 +17,7 @@ import numpy as np
 from .device import session_device
 
 OUTPUT = "velocity"
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 @dataclass
@@ -35,7 +36,10 @@ class DitRunner:
     def __init__(self, session, constants: dict[int, dict[str, np.ndarray]], io_binding: bool = False,
                  cuda_graph: bool = False, device_id: int = 0):
         self.session = session
-        self.constants = constants
+        # An fp16 bundle may declare fp16 inputs: feed each input in the graph's own dtype, return float32.
+        self._types = {i.name: _NUMPY.get(i.type, np.float32) for i in session.get_inputs()}
+        self._out_type = _NUMPY.get(session.get_outputs()[0].type, np.float32)
+        self.constants = {b: {k: self._cast(k, v) for k, v in feeds.items()} for b, feeds in constants.items()}
         self.device = session_device(list(session.get_providers()))
         self.device_id = device_id
         self.io_binding = io_binding
@@ -43,6 +47,9 @@ class DitRunner:
         self.cuda_graph = cuda_graph and io_binding and self.device == "cuda"
         self.calls: list[tuple[int, float]] = []  # (batch, seconds) of every DiT call, for the benchmark
         self._bound: dict[int, _Bound] = {}
+
+    def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=self._types.get(name, np.float32))
 
     # -- per-render state ---------------------------------------------------------------------
     def _ortvalue(self, array: np.ndarray):
@@ -66,7 +73,7 @@ class DitRunner:
             bound.x, bound.t = self._ortvalue(x), self._ortvalue(t)
             bound.binding.bind_ortvalue_input("x", bound.x)
             bound.binding.bind_ortvalue_input("t", bound.t)
-            bound.out = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), np.float32, self.device,
+            bound.out = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), self._out_type, self.device,
                                                                   self.device_id)
             bound.binding.bind_ortvalue_output(OUTPUT, bound.out)
             bound.graph_id = len(self._bound) + 1
@@ -78,6 +85,7 @@ class DitRunner:
         """velocity [B, T, 64] for x [B, T, 64] and t [B]; B selects the constant feeds."""
         batch = int(x.shape[0])
         start = time.perf_counter()
+        x, t = self._cast("x", x), self._cast("t", t)
         if not self.io_binding:
             (v,) = self.session.run(None, dict(self.constants[batch], x=x, t=t))
         elif self.cuda_graph:
@@ -91,6 +99,7 @@ class DitRunner:
             self.session.run_with_iobinding(bound.binding)
             v = bound.binding.copy_outputs_to_cpu()[0]
             bound.binding.clear_binding_outputs()
+        v = np.asarray(v, dtype=np.float32)
         self.calls.append((batch, time.perf_counter() - start))
         return v
 

@@ -113,3 +113,24 @@ def test_cpu_session_reports_nothing():
         warnings.simplefilter("error")
         bundle.session("dit")
     assert bundle.provider_warnings == [] and bundle.preferred_provider_active()
+
+
+def test_cuda_graph_refusal_falls_back_and_is_reported(monkeypatch):
+    """ORT refuses enable_cuda_graph when a node is off the GPU; the bundle retries without it and says so."""
+    real = ort.InferenceSession
+    seen = []
+
+    def session(path, sess_options=None, providers=None):
+        graphs = any(isinstance(p, tuple) and p[1].get("enable_cuda_graph") == "1" for p in providers)
+        seen.append(graphs)
+        if graphs:
+            raise RuntimeError("This session cannot use the CUDA Graph feature as requested by the user")
+        return real(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    bundle = Bundle(DEMO, SessionOptions("cuda", threads=1, device=DeviceOptions(cuda_graph=True)))
+    with pytest.warns(RuntimeWarning, match="CUDA graphs are not possible"):
+        bundle.session("dit")
+    assert seen == [True, False] and not bundle.cuda_graph
+    assert not bundle.dit_runner({1: {}}).cuda_graph
+    assert any("CUDA graphs" in w for w in bundle.provider_warnings)

@@ -98,23 +98,28 @@ def bench_command(bundles, provider, threads, durations, steps, repeats, output,
     for p in peaks:
         _log(f"GEMM peak ({p['engine']} {p['provider']} {p['dtype']} {p['size']}³): {p['tflops']:.3f} TFLOP/s")
     records = []
+
+    def keep(new: list[dict]) -> None:
+        # Appended as each side finishes, so an interrupted run keeps what was measured.
+        for record in new:
+            record["system"] = info
+            record["gemm_peaks"] = peaks
+        report.append_jsonl(output, new)
+        records.extend(new)
+
     for bundle, manifest in zip(bundles, manifests):
         precision = manifest["graphs"].get("dit", {}).get("precision", "fp32")
         peak = next((p for p in peaks if p["engine"] == "onnxruntime" and p["dtype"] == (
             "float16" if precision in ("fp16", "mixed") and provider != "cpu" else "float32")), peaks[0])
         try:
-            records += bench_onnx(bundle, provider, threads, durations, steps, repeats, device, peak, _log)
+            keep(bench_onnx(bundle, provider, threads, durations, steps, repeats, device, peak, _log))
         except BundleError as exc:
             raise click.ClickException(str(exc)) from exc
     if with_torch:
         dev = "cuda" if provider != "cpu" else "cpu"
-        for name in dict.fromkeys(torch_side.fastest_dtype(dev) if d == "auto" else d for d in torch_dtypes):
-            records += torch_side.bench_torch(ckpt, manifests[0], name, dev, threads, durations, steps, repeats, _log)
         info = system_info(provider, threads)  # now with the torch version
-    for record in records:
-        record["system"] = info
-        record["gemm_peaks"] = peaks
-    report.append_jsonl(output, records)
+        for name in dict.fromkeys(torch_side.fastest_dtype(dev) if d == "auto" else d for d in torch_dtypes):
+            keep(torch_side.bench_torch(ckpt, manifests[0], name, dev, threads, durations, steps, repeats, _log))
     click.echo(info_line(info))
     click.echo(report.table(records))
     for line in report.ratios(records):

@@ -14,6 +14,7 @@ COMMANDS = {
     "export": ("acestep_edge.export.cli", "export_command"),
     "inspect": ("acestep_edge.export.cli", "inspect_command"),
     "serve": ("acestep_edge.server.cli", "serve_command"),
+    "bench": ("acestep_edge.bench.cli", "bench_command"),
 }
 
 
@@ -40,6 +41,7 @@ def main():
       acestep-edge export --checkpoint CKPT --out BUNDLE   (needs the [export] extra)
       acestep-edge inspect BUNDLE --verify
       acestep-edge serve --bundle BUNDLE           HTTP endpoint + web studio (needs the [server] extra)
+      acestep-edge bench --bundle BUNDLE [--torch]   time renders stage by stage
     """
 
 

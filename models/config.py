@@ -257,4 +257,25 @@ def tiny(num_layers: int = 4, sliding_window: int = 4, vae_encoder_channels: int
     return ModelPreset(dit, text, vae)
 
 
-PRESETS = {"xl-base": xl_base, "tiny": tiny}
+def bench() -> ModelPreset:
+    """The CPU benchmark target: a DiT of 8 layers × 1024 (8 query / 4 KV heads × 128, intermediate 3072,
+    alternating sliding/full, window 128) on the tiny preset's encoders, text encoder and VAE.
+
+    Big enough that the DiT dominates a render the way XL's does; small enough for a 2-core CPU.
+    """
+    small = tiny()
+    dit = dataclasses.replace(
+        small.dit,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=128,
+        layer_types=default_layer_types(8),
+        sliding_window=128,
+    )
+    return ModelPreset(dit, small.text, small.vae)
+
+
+PRESETS = {"xl-base": xl_base, "tiny": tiny, "bench": bench}

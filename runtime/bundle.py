@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .device import ORT_NAMES, DeviceOptions, provider_entries, provider_report
+
 BUNDLE_FORMAT = "acestep-edge-bundle"
 BUNDLE_VERSION = 1
 PROVIDERS = ("cpu", "cuda", "tensorrt")
-_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _REGENERATE = "re-run `acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}`"
 
 
@@ -56,6 +59,12 @@ class SessionOptions:
     provider: str = "cpu"
     threads: int | None = None  # intra-op threads; None = ONNX Runtime's default (all cores)
     provider_options: dict[str, Any] = field(default_factory=dict)
+    device: DeviceOptions = field(default_factory=DeviceOptions)
+
+    @property
+    def io_binding(self) -> bool:
+        """Bind the DiT's inputs on the device (default on for cuda/tensorrt; CPU gains nothing from it)."""
+        return self.device.io_binding if self.device.io_binding is not None else self.provider != "cpu"
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -64,16 +73,11 @@ class SessionOptions:
             raise ValueError(f"threads must be ≥ 1 (got {self.threads})")
 
 
-def provider_chain(options: SessionOptions) -> list:
-    """The ordered provider list: the asked one first, with fall-backs ONNX Runtime may use."""
-    chain: list = []
-    if options.provider == "tensorrt":
-        trt = {"trt_fp16_enable": False, "trt_engine_cache_enable": True, **options.provider_options}
-        chain += [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider"]
-    elif options.provider == "cuda":
-        chain.append(("CUDAExecutionProvider", dict(options.provider_options)))
-    chain.append("CPUExecutionProvider")
-    return chain
+def provider_chain(options: SessionOptions, graph: str | None = None, bundle_dir: str | Path = ".",
+                   encoder_dim: int | None = None) -> list:
+    """The ordered provider list for `graph`: the asked one first, with fall-backs ONNX Runtime may use."""
+    return provider_entries(options.provider, options.device, bundle_dir, graph, options.provider_options,
+                            encoder_dim)
 
 
 class Bundle:
@@ -84,6 +88,8 @@ class Bundle:
         self.options = options or SessionOptions()
         self.manifest = read_manifest(self.path)
         self._sessions: dict[str, Any] = {}
+        self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
+        self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
         self._check_files()
         self.silence_latent = self._load_array("silence_latent")
         self.null_condition_emb = self._load_array("null_condition_emb")
@@ -140,13 +146,46 @@ class Bundle:
             so.intra_op_num_threads = self.options.threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            session = ort.InferenceSession(str(self.path / graph["file"]), sess_options=so,
-                                           providers=provider_chain(self.options))
+            session = self._create(ort, name, graph, so)
         except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files
             raise BundleError(f"ONNX Runtime could not load {self.path / graph['file']}: {exc}; {self._fix()}") from exc
         self._check_io(name, graph, session)
+        self._report_provider(name, graph, session)
         self._sessions[name] = session
         return session
+
+    def _report_provider(self, name: str, graph: dict, session) -> None:
+        notes = []
+        report = provider_report(self.options.provider, name, list(session.get_providers()))
+        if report:
+            notes.append(report)
+        if self.options.provider == "tensorrt" and graph.get("ops", "standard") != "plain":
+            notes.append(f"graph {name!r} was exported with --ops {graph.get('ops', 'standard')}; TensorRT takes "
+                         "only the subgraphs it can parse and leaves the rest to CUDA: export with --ops plain")
+        for note in notes:
+            self.provider_warnings.append(note)
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+
+    def _create(self, ort, name: str, graph: dict, so):
+        enc_dim = self.config.get("encoder_hidden_size") if name == "dit" else None
+        path = str(self.path / graph["file"])
+        with warnings.catch_warnings():  # ORT's own "not in available providers" warning: reported later
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return ort.InferenceSession(path, sess_options=so,
+                                            providers=provider_chain(self.options, name, self.path, enc_dim))
+            except Exception as exc:
+                if not (name == "dit" and self.options.provider == "cuda" and self.options.device.cuda_graph):
+                    raise
+                # ORT refuses CUDA graphs when any node is placed off the GPU: run without them, say so.
+                self.cuda_graph = False
+                note = f"graph 'dit': CUDA graphs are not possible here ({exc}); running without them"
+                self.provider_warnings.append(note)
+                warnings.warn(note, RuntimeWarning, stacklevel=4)
+                plain = dataclasses.replace(self.options, device=dataclasses.replace(self.options.device,
+                                                                                     cuda_graph=False))
+                return ort.InferenceSession(path, sess_options=so,
+                                            providers=provider_chain(plain, name, self.path, enc_dim))
 
     def _check_io(self, name: str, graph: dict, session) -> None:
         want = [i["name"] for i in graph.get("inputs", [])]
@@ -161,9 +200,16 @@ class Bundle:
         """Providers each created session actually got (ONNX Runtime silently falls back to CPU)."""
         return {name: list(s.get_providers()) for name, s in self._sessions.items()}
 
+    def dit_runner(self, constants: dict):
+        """A DitRunner for one render's constant DiT inputs, bound on the device when IO binding is on."""
+        from .dit_runner import DitRunner
+
+        return DitRunner(self.session("dit"), constants, io_binding=self.options.io_binding,
+                         cuda_graph=self.cuda_graph, device_id=self.options.device.device_id)
+
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session(name).run(None, feeds)
 
     def preferred_provider_active(self) -> bool:
-        want = _ORT_NAMES[self.options.provider]
+        want = ORT_NAMES[self.options.provider]
         return all(s.get_providers()[0] == want for s in self._sessions.values())

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import sampler, source_audio, tasks
 from .bundle import Bundle, SessionOptions
+from .device import DeviceOptions
 from .postprocess import check_latents, finish_audio, tiled_decode
 from .prompts import PromptTokenizer, caption_prompt, format_metas, lyric_prompt, task_instruction
 from .request import Request, RequestError, parse_request
@@ -108,8 +109,10 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "cpu", threads: int | None = None,
-             provider_options: dict | None = None, config: GenerationConfig | None = None) -> "Pipeline":
-        options = SessionOptions(provider=provider, threads=threads, provider_options=provider_options or {})
+             provider_options: dict | None = None, config: GenerationConfig | None = None,
+             device: DeviceOptions | None = None) -> "Pipeline":
+        options = SessionOptions(provider=provider, threads=threads, provider_options=provider_options or {},
+                                 device=device or DeviceOptions())
         return cls(Bundle(bundle, options), config)
 
     # -- conditioning -----------------------------------------------------------------------
@@ -339,10 +342,12 @@ class Render:
         self.switch_at = tasks.switch_step(steps, edit.switch_scale) if edit is not None and edit.switch else None
         self.inject_steps = round(edit.injection_ratio * steps) if edit is not None and edit.repaint is not None else 0
         self.branch = Branch(cond.encoder_states, cond.null_states, cond.src_latents)
+        self._branch_name = "main"
         self._calls = 0
         self.latents: np.ndarray | None = None
         self.timings = dict(cond.timings)
         self._dit_seconds = 0.0
+        self.dit = pipeline.bundle.dit_runner(self._dit_constants())
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
         shape = (1, self.cond.frames, 64)
@@ -354,28 +359,44 @@ class Render:
                                f"{noise.dtype} {list(noise.shape)}", "invalidNoise", self.request.task_uuid)
         return noise.copy()
 
-    def _dit(self, x, t, states, src):
-        n = x.shape[0]
-        feeds = {"x": x, "t": np.full((n,), t, np.float32), "encoder_states": states,
-                 "src_latents": src, "chunk_mask": np.concatenate([self.cond.chunk_mask] * n)}
-        return self.pipeline.bundle.run("dit", feeds)[0]
+    def _dit_constants(self) -> dict:
+        """The DiT's constant feeds per (branch, half): a DitRunner keeps them bound on the device
+        when the provider is a GPU one (runtime/dit_runner.py)."""
+        branches = {"main": self.branch}
+        if self.switch_at is not None:
+            branches["switch"] = self.cond.edit.switch
+        mask = self.cond.chunk_mask
+        constants = {}
+        for name, b in branches.items():
+            constants[name, "cond"] = {"encoder_states": b.encoder_states, "src_latents": b.src_latents,
+                                       "chunk_mask": mask}
+            if b.null_states.shape == b.encoder_states.shape:
+                constants[name, "pair"] = {"encoder_states": np.concatenate([b.encoder_states, b.null_states]),
+                                           "src_latents": np.concatenate([b.src_latents] * 2),
+                                           "chunk_mask": np.concatenate([mask] * 2)}
+            else:
+                constants[name, "null"] = {"encoder_states": b.null_states, "src_latents": b.src_latents,
+                                           "chunk_mask": mask}
+        return constants
+
+    def _dit(self, x, t, key):
+        return self.dit(x, np.full((x.shape[0],), t, np.float32), (self._branch_name, key))
 
     def velocity(self, x: np.ndarray, t: float, batch2: bool):
         if self.switch_at is not None and self._calls == self.switch_at:
-            self.branch = self.cond.edit.switch  # cover → text2music condition from here on
+            self.branch, self._branch_name = self.cond.edit.switch, "switch"  # cover → text2music condition
         self._calls += 1
         b = self.branch
         start = time.perf_counter()
         if not batch2:
-            out = (self._dit(x, t, b.encoder_states, b.src_latents), None)
+            out = (self._dit(x, t, "cond"), None)
         elif b.null_states.shape == b.encoder_states.shape:
-            v = self._dit(np.concatenate([x, x]), t, np.concatenate([b.encoder_states, b.null_states]),
-                          np.concatenate([b.src_latents] * 2))
+            v = self._dit(np.concatenate([x, x]), t, "pair")
             out = (v[:1], v[1:])
         else:
             # Encoder lengths differ (negative prompt): the DiT has no encoder mask, so padding one
             # half would change it; run the halves as two batch-1 calls instead.
-            out = (self._dit(x, t, b.encoder_states, b.src_latents), self._dit(x, t, b.null_states, b.src_latents))
+            out = (self._dit(x, t, "cond"), self._dit(x, t, "null"))
         self._dit_seconds += time.perf_counter() - start
         return out
 
@@ -421,7 +442,7 @@ class Render:
         audio = finish_audio(audio, self.cond.output_samples, normalize=config.normalize)
         metadata = {
             "timings": self.timings,
-            "warnings": list(self.cond.warnings),
+            "warnings": list(self.cond.warnings) + list(bundle.provider_warnings),
             "prompts": self.cond.prompts,
             "steps": int(self.request.steps),
             "shift": self.shift,

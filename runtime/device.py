@@ -119,7 +119,7 @@ def provider_report(provider: str, graph: str, got: list[str]) -> str | None:
 
     available = ", ".join(ort.get_available_providers())
     hint = {
-        "cuda": "install onnxruntime-gpu (and not onnxruntime) with CUDA 12 and cuDNN 9 on the library path",
+        "cuda": "install onnxruntime-gpu (and not onnxruntime) with the CUDA and cuDNN 9 libraries it was built for on the library path",
         "tensorrt": "install TensorRT 10 libraries beside onnxruntime-gpu",
     }.get(provider, "")
     return (f"graph {graph!r}: asked for {want} but ONNX Runtime runs it on {', '.join(got) or 'nothing'} "

@@ -161,6 +161,11 @@ class Bundle:
         """Providers each created session actually got (ONNX Runtime silently falls back to CPU)."""
         return {name: list(s.get_providers()) for name, s in self._sessions.items()}
 
+    def precisions_in_use(self) -> dict[str, str]:
+        """Each created session's graph precision from the manifest (bundles before precisions: fp32)."""
+        graphs = self.manifest.get("graphs", {})
+        return {name: graphs.get(name, {}).get("precision", "fp32") for name in self._sessions}
+
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session(name).run(None, feeds)
 

@@ -123,6 +123,7 @@ def _deliver(request, result, out: Path | None, multiple: bool, save_latents: st
     timings["write"] = time.perf_counter() - start
     response = build_response(request, **kwargs)
     response["providers"] = result.metadata["providers"]
+    response["precisions"] = result.metadata.get("precisions", {})
     return response
 
 

@@ -245,6 +245,7 @@ class Render:
             "shift": self.shift,
             "latent_frames": int(self.cond.frames),
             "providers": bundle.providers_in_use(),
+            "precisions": bundle.precisions_in_use(),
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)
 

@@ -95,7 +95,75 @@ def convert_fp16(model: ir.Model) -> int:
             continue
         _rewrite(graph, node, index, weight, extras)
         count += 1
+    count += _computed_weights(graph)
+    _store_rest_fp16(graph)
     return count
+
+
+def _constant_subgraph(value: ir.Value, graph: ir.Graph, seen: set | None = None) -> bool:
+    """True when `value` depends on initializers and constants only (e.g. a weight-norm of weight_g, weight_v)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return True
+    seen.add(id(value))
+    producer = value.producer()
+    if producer is None:
+        return value.name in graph.initializers
+    return all(v is None or _constant_subgraph(v, graph, seen) for v in producer.inputs)
+
+
+def _computed_weights(graph: ir.Graph) -> int:
+    """MatMul/Conv/ConvTranspose whose weight is computed in-graph from constants (the VAE's weight norm,
+    left unfolded for large tensors): cast the computed weight and the activation to fp16 around the op."""
+    count = 0
+    for node in list(graph):
+        if node.op_type not in ("MatMul", "Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
+            continue
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if w is None or w.producer() is None or w.dtype != ir.DataType.FLOAT or not _constant_subgraph(w, graph):
+            continue
+        new_nodes = [_cast(node.inputs[0], ir.DataType.FLOAT16, f"{node.name}_in_fp16"),
+                     _cast(w, ir.DataType.FLOAT16, f"{node.name}_w_fp16")]
+        inputs = [new_nodes[0].outputs[0], new_nodes[1].outputs[0]]
+        for i, extra in enumerate(node.inputs[2:]):
+            if extra is None:
+                inputs.append(None)
+                continue
+            cast = _cast(extra, ir.DataType.FLOAT16, f"{node.name}_b{i}_fp16")
+            new_nodes.append(cast)
+            inputs.append(cast.outputs[0])
+        half = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()), name=f"{node.name}_fp16",
+                       metadata_props=dict(node.metadata_props))
+        half.outputs[0].type = ir.TensorType(ir.DataType.FLOAT16)
+        cast_out = _cast(half.outputs[0], ir.DataType.FLOAT, f"{node.name}_out_fp32")
+        replace_node(graph, node, [*new_nodes, half, cast_out], cast_out.outputs[0])
+        count += 1
+    return count
+
+
+STORE_FP16_ELEMENTS = 4096
+
+
+def _store_rest_fp16(graph: ir.Graph) -> None:
+    """Every other fp32 weight of ≥ STORE_FP16_ELEMENTS elements is stored in fp16 and cast back to fp32 on
+    load (ONNX Runtime folds the Cast once): half the bytes, fp32 arithmetic (norm scales, weight-norm
+    parameters, modulation tables)."""
+    for value in list(graph.initializers.values()):
+        src = value.const_value
+        if src is None or src.dtype != ir.DataType.FLOAT or int(np.prod(src.shape)) < STORE_FP16_ELEMENTS or not value.uses():
+            continue
+        if value in graph.outputs:
+            continue
+        half = _lazy_fp16(graph, value, transpose=False)
+        cast = _cast(half, ir.DataType.FLOAT, f"{value.name}_to_fp32")
+        cast.outputs[0].type, cast.outputs[0].shape = value.type, value.shape
+        users = [u.node for u in value.uses()]
+        graph.insert_before(next(iter(graph)), cast)  # at the top: before every user
+        for node in users:
+            for i, v in enumerate(node.inputs):
+                if v is value:
+                    node.replace_input_with(i, cast.outputs[0])
+        graph.initializers.pop(value.name)
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node, index: int, weight, extras) -> None:

@@ -134,7 +134,7 @@ def apply_precision(graph_name: str, precision: str, model, target: str = "cpu")
 BUDGETS = {
     "fp32": 1e-4,
     ("text_encoder", "fp16"): 5e-3, ("dit", "fp16"): 3e-3, ("vae_decoder", "fp16"): 0.015,
-    ("vae_encoder", "fp16"): 0.04,
+    ("vae_encoder", "fp16"): 0.08,
     ("text_encoder", "int8"): 0.12, ("dit", "int8"): 0.06,
     ("text_encoder", "int4"): 0.8, ("dit", "int4"): 0.3,
 }
@@ -147,3 +147,14 @@ def budget_for(graph: str, precision: str) -> float:
         return BUDGETS[(graph, precision)]
     except KeyError:
         raise ValueError(f"no error budget for {graph} in {precision}") from None
+
+
+# Whole-render budgets against the fp32 bundle's render (same noise, 50 steps, APG; tiny random
+# checkpoints, tests/test_precision_render.py): the multi-resolution STFT log-magnitude distance in dB
+# (export/parity.py) and the final latents' max relative error. Measured figures and headroom are in
+# docs/bundle-format.md. A render from different noise is ~NOISE_DB away, the scale they are judged on.
+RENDER_BUDGETS = {
+    "fp16": {"stft_db": 1.0, "latent_max_rel_err": 0.05},
+    "int8": {"stft_db": 3.0, "latent_max_rel_err": 0.3},
+    "int4": {"stft_db": 6.0, "latent_max_rel_err": 0.8},
+}

@@ -74,7 +74,7 @@ SCHEMES: dict[tuple[str, str], QuantScheme] = {
     ("int4", "cpu"): QuantScheme(
         NBITS, 4, 32, False, 4, "cpu",
         why="smallest weights (~0.18x fp32 at XL); accuracy level 4 = int8 compute on the CPU MLAS kernels; "
-            "asymmetric blocks of 32 halve the int4 error of symmetric ones"),
+            "asymmetric blocks of 32 (8.6% vs 9.7% max rel error of symmetric ones on one random MatMul)"),
     ("int4", "gpu"): QuantScheme(
         NBITS, 4, 32, False, None, "cuda",
         why="smallest weights (~0.18x fp32 at XL) with CUDA kernels; asymmetric blocks of 32"),

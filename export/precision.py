@@ -120,26 +120,11 @@ def apply_precision(graph_name: str, precision: str, model, target: str = "cpu")
 
     scheme = scheme_for(precision, target)
     record = scheme.to_dict()
-    fuse = _cpu_fusion() if scheme.op.endswith("DynamicQuantizeMatMul") else None
-    if fuse is not None:
-        record["graph_rewrites"] = [fuse.__name__]
     if model is not None:
-        if fuse is not None:
-            record["fused_groups"] = fuse(model)
         record["rewritten_ops"] = quantize_model(model, scheme)
         if record["rewritten_ops"] == 0:
             raise ValueError(f"{graph_name}: no transformer linear layers found to quantise to {precision}")
     return record
-
-
-def _cpu_fusion():
-    """The CPU matmul fusion of export/fuse.py (MatMuls sharing an input → one MatMul + Split, bit-exact in
-    fp32), applied before int8 quantisation for the CPU; None in a checkout without that module."""
-    try:
-        from acestep_edge.export.fuse import fuse_shared_input_matmuls
-    except ImportError:
-        return None
-    return fuse_shared_input_matmuls
 
 
 # Export-time error budgets: max |ort − torch fp32| / max |torch fp32| over the parity cases

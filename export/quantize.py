@@ -6,7 +6,8 @@ Two schemes (the manifest records which one a graph uses, with its parameters an
   provider has a kernel, and the weights stay packed in memory (the small-memory path).
 - `com.microsoft.DynamicQuantizeMatMul` (int8 weights with one scale per output channel; the
   activations are quantised to uint8 per call): ONNX Runtime CPU runs it on its integer GEMM, which
-  on this project's CPU benchmark was ~3× the fp32 speed while MatMulNBits was ~1.05× (the fast CPU path).
+  on this project's CPU benchmark took 0.53–0.60× the fp32 time while MatMulNBits int8 was ~1.05× (the
+  fast CPU path).
 
 Only the linear layers inside transformer blocks are rewritten (attention q/k/v/o, cross-attention,
 MLP gate/up/down: torch name scopes `…layers.N.{self_attn,cross_attn,mlp}.…`); norms, embeddings,
@@ -64,10 +65,12 @@ DYNAMIC = f"{MS}.DynamicQuantizeMatMul"
 SCHEMES: dict[tuple[str, str], QuantScheme] = {
     ("int8", "cpu"): QuantScheme(
         DYNAMIC, 8, None, True, None, "cpu", weight_dtype="uint8",
-        why="ONNX Runtime CPU integer GEMM: ~3x fp32 speed on the 8x1024 DiT benchmark, where MatMulNBits "
-            "int8 (block 32, accuracy level 4) gave ~1.05x. Per-channel symmetric weights stored as uint8 "
-            "with zero point 128 (u8u8 GEMM): int8 weights (u8s8) saturate on AVX2 CPUs without VNNI "
-            "(9.7% vs 1.2% relative error on one random 256x128 MatMul)"),
+        why="ONNX Runtime CPU integer GEMM: 0.53-0.60x of ORT fp32 time per forward on the 8x1024 DiT benchmark "
+            "(same run), where MatMulNBits int8 gave 1.05x (no 8-bit int8-compute kernel without VNNI). Per-channel symmetric weights stored as uint8 "
+            "with zero point 128 (u8u8 GEMM): int8 weights (u8s8 GEMM, ~9% less CPU time on the 8x1024 DiT) "
+            "saturate the 16-bit pair sums on AVX2 CPUs without VNNI: 9.7% vs 1.2% max rel error on one random "
+            "256x128 MatMul, and on the tiny test checkpoints 9.1% vs 2.4% (DiT) and 37% vs 5.3% (text "
+            "encoder), over their budgets"),
     ("int8", "gpu"): QuantScheme(
         NBITS, 8, 32, True, None, "cuda",
         why="MatMulNBits has CUDA kernels and keeps the weights packed (DynamicQuantizeMatMul is CPU-only)"),

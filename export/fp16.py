@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
-from acestep_edge.export.quantize_graph import Derived, add_initializer, constant_weight, drop_weight, replace_node
+from acestep_edge.export.quantize_graph import (
+    Derived,
+    add_initializer,
+    constant_weight,
+    drop_weight,
+    replace_node,
+)
 
 FP16_MAX = 65504.0
 # op type → (weight input index, weight rank(s) accepted, other constant float inputs cast too)

@@ -10,7 +10,7 @@ graphs, within what each graph supports (ALLOWED). Graph IO stays float32 in eve
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from acestep_edge.export.graphs import GRAPH_NAMES
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx_ir as ir
-
 from acestep_edge.export.quantize_graph import (
     Derived,
     Weight,
@@ -129,7 +128,10 @@ def quantize_model(model: ir.Model, scheme: QuantScheme) -> int:
 def nbits_quantize(kn: np.ndarray, bits: int, block: int, symmetric: bool):
     """[K, N] float32 → (packed uint8 [N, K/block, block·bits/8], scales [N·K/block], zero points or None),
     with ONNX Runtime's own packing routines (the same ones its MatMulNBits quantiser calls)."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+    from onnxruntime.capi._pybind_state import (
+        quantize_matmul_4bits,
+        quantize_matmul_8bits,
+    )
 
     k, n = kn.shape
     blocks = -(-k // block)

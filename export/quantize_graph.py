@@ -8,8 +8,8 @@ weights of the whole graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnx_ir as ir

@@ -12,11 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 ir = pytest.importorskip("onnx_ir")
 
-from acestep_edge.export import parity as parity_mod  # noqa: E402
-from acestep_edge.export.graphs import graph_specs  # noqa: E402
-from acestep_edge.export.onnx_export import export_program, save_program  # noqa: E402
-from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan  # noqa: E402
-from acestep_edge.export.quantize import nbits_quantize, per_channel_int8  # noqa: E402
+from acestep_edge.export import parity as parity_mod
+from acestep_edge.export.graphs import graph_specs
+from acestep_edge.export.onnx_export import export_program
+from acestep_edge.export.precision import (
+    apply_precision,
+    budget_for,
+    parse_graph_precision,
+    plan,
+)
+from acestep_edge.export.quantize import nbits_quantize, per_channel_int8
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from acestep_edge.export.bundle import export_bundle  # noqa: E402
-from acestep_edge.export.parity import stft_log_magnitude_distance  # noqa: E402
-from acestep_edge.export.precision import RENDER_BUDGETS  # noqa: E402
-from acestep_edge.runtime.pipeline import Pipeline  # noqa: E402
+from acestep_edge.export.bundle import export_bundle
+from acestep_edge.export.parity import stft_log_magnitude_distance
+from acestep_edge.export.precision import RENDER_BUDGETS
+from acestep_edge.runtime.pipeline import Pipeline
 
 RENDER_GRAPHS = ["text_encoder", "condition_encoder", "dit", "vae_decoder"]
 LYRICS = "[Verse]\nthread by thread we cross the blue"
@@ -120,9 +120,8 @@ def test_over_budget_fails_naming_the_graph(tiny_official, tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def loud_lyrics(tiny_preset, tmp_path_factory):
     """A tiny checkpoint whose last lyric-encoder down_proj is scaled ×2e5: its activations pass 65,504."""
-    from safetensors.torch import load_file, save_file
-
     from acestep_edge.models.random_checkpoint import write_random_checkpoint
+    from safetensors.torch import load_file, save_file
 
     root = write_random_checkpoint(tmp_path_factory.mktemp("loud"), tiny_preset, seed=3, layout="official",
                                    dtype=torch.float32)
@@ -155,7 +154,6 @@ def test_fp16_condition_encoder_would_overflow(loud_lyrics, tmp_path):
     """Why the condition encoder stays fp32: the fp16 pass applied to it either refuses (a weight beyond
     the fp16 range: what this checkpoint has) or gives non-finite states."""
     import onnx_ir as ir
-
     from acestep_edge.export import parity as parity_mod
     from acestep_edge.export.fp16 import convert_fp16
     from acestep_edge.export.graphs import graph_specs

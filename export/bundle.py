@@ -29,8 +29,8 @@ from acestep_edge.export.lazy_weights import (
     streamed,
     wrapper_names,
 )
-from acestep_edge.export.onnx_export import OPSET, export_program, save_program
-from acestep_edge.export.precision import get_pass
+from acestep_edge.export.onnx_export import OPSET, ExportError, export_program, save_program
+from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan
 from acestep_edge.models.checkpoint import load_checkpoint
 from acestep_edge.models.config import PRESETS
 
@@ -56,6 +56,9 @@ def export_bundle(
     *,
     layout: str = "auto",
     precision: str = "fp32",
+    graph_precision: str | dict | None = None,
+    target: str = "cpu",
+    allow_over_budget: bool = False,
     ops: str | None = None,
     graphs: Iterable[str] | None = None,
     parity: bool = True,
@@ -66,19 +69,28 @@ def export_bundle(
     """Export `checkpoint` to the bundle directory `out`; returns its path.
 
     Everything is written to `<out>.tmp-<pid>` and renamed into place at the end, so an
-    interrupted export never leaves a half bundle at `out`.
+    interrupted export never leaves a half bundle at `out`. `precision` is the bundle default,
+    `graph_precision` per-graph overrides ("vae_decoder=fp16,..." or a dict), `target` the provider the
+    int8/int4 schemes are chosen for (cpu or gpu). A graph whose measured error exceeds its budget
+    fails the export unless `allow_over_budget` (then its manifest entry says so).
     """
     out = Path(out)
     names = _check_graphs(graphs)
-    precision_pass = get_pass(precision)
+    overrides = parse_graph_precision(graph_precision) if isinstance(graph_precision, str) or graph_precision is None \
+        else dict(graph_precision)
+    graph_plan = plan(precision, overrides, names)
+    if target not in ("cpu", "gpu"):
+        raise ValueError(f"target must be cpu or gpu, got {target!r}")
     _check_out(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        manifest = _write_contents(Path(checkpoint), tmp, layout, precision, precision_pass, ops, names, parity, log)
-        manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops)
+        job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget)
+        manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, ops, names, parity, log)
+        manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops,
+                                                                    overrides, target)
         if checkpoint_label:
             manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -116,11 +128,11 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_contents(root: Path, tmp: Path, layout, precision, precision_pass, ops, names, parity, log) -> dict:
+def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, parity, log) -> dict:
     first = load_checkpoint(root, layout, torch.float32, components=())
     preset = first.preset
     specs = graph_specs(preset)
-    job = _Job(preset, tmp, precision, precision_pass, ops, parity, log)
+    job = _Job(preset, tmp, ops=ops, parity=parity, log=log, **job_args)
     graphs: dict[str, dict] = {}
     null_emb = None
     needed = {specs[n].component for n in names} | {"acestep"}  # acestep also holds null_condition_emb
@@ -141,15 +153,21 @@ def _write_contents(root: Path, tmp: Path, layout, precision, precision_pass, op
         gc.collect()
     files = _write_files(first, null_emb, tmp)
     ordered = {n: graphs[n] for n in names}  # contract order, whatever order the weights were loaded in
-    return _manifest(preset, ordered, files, root, first.layout)
+    manifest = _manifest(preset, ordered, files, root, first.layout)
+    manifest["export"].update(precision=job.precision, target=job.target)
+    if job.allow_over_budget:
+        manifest["export"]["allow_over_budget"] = True
+    return manifest
 
 
 @dataclass(frozen=True)
 class _Job:
     preset: object
     tmp: Path
-    precision: str
-    precision_pass: Callable
+    precision: str  # the bundle default
+    plan: dict  # graph → precision
+    target: str
+    allow_over_budget: bool
     ops: str | None
     parity: bool
     log: Callable[[str], None]
@@ -185,7 +203,8 @@ def _export_acestep_low_memory(root: Path, layout: str, todo, graphs: dict, job:
 def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
     """Export, save and (optionally) check one graph. `lazy` = (meta model, TensorSource, sub-module
     attribute) when `module` lives on the meta device: traced with meta inputs, weights streamed at save."""
-    job.log(f"exporting {spec.name} (precision {job.precision}, ops {job.ops or 'eager'}"
+    precision = job.plan[spec.name]
+    job.log(f"exporting {spec.name} (precision {precision}, ops {job.ops or 'eager'}"
             f"{', traced on meta' if lazy else ''})")
     if lazy is None:
         program = export_program(spec, module, job.preset, job.ops)
@@ -196,17 +215,39 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
         program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
                                  optimize=False)
         attach_lazy_weights(program.model, wrapper_names(module, model), source)
-    program.model = job.precision_pass(spec.name, program.model)
+    scheme = apply_precision(spec.name, precision, program.model, job.target)
     path = job.tmp / f"{spec.name}.onnx"
     data = save_program(program, path)
     del program
     entry = {"file": path.name, "sha256": sha256_file(path), "data": data.name if data else None,
              "data_sha256": sha256_file(data) if data else None, "bytes": path.stat().st_size,
-             "data_bytes": data.stat().st_size if data else 0, "precision": job.precision, "opset": OPSET,
+             "data_bytes": data.stat().st_size if data else 0, "precision": precision, "opset": OPSET,
              "ops": job.ops or "eager", "inputs": [i.to_dict() for i in spec.inputs],
              "outputs": [o.to_dict() for o in spec.outputs]}
+    if scheme is not None:
+        entry["quantization"] = scheme
     entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None
+    entry["budget"] = {"max_rel_err": budget_for(spec.name, precision)}
+    _check_budget(spec.name, precision, entry, job)
     return entry
+
+
+def _check_budget(name: str, precision: str, entry: dict, job: _Job) -> None:
+    """Fail (or, with allow_over_budget, mark) a graph whose measured error exceeds its budget."""
+    par = entry.get("parity")
+    if not par or "max_rel_err" not in par:
+        return  # not measured: the manifest says so in `parity`
+    budget = entry["budget"]["max_rel_err"]
+    err = par["max_rel_err"]
+    if err <= budget:
+        return
+    msg = (f"graph {name!r} in {precision}: measured max rel err {err:.3g} against torch fp32 exceeds its "
+           f"budget {budget:.3g}")
+    if not job.allow_over_budget:
+        raise ExportError(f"{msg}; export it in a higher precision (--graph-precision {name}=fp32) or pass "
+                          f"--allow-over-budget to keep it")
+    job.log(f"  WARNING: {msg} (kept: --allow-over-budget)")
+    entry["over_budget"] = True
 
 
 def _parity(spec, module, path: Path, data_bytes: int, job: _Job, lazy) -> dict:
@@ -295,11 +336,15 @@ def _manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -> dic
     }
 
 
-def _default_command(checkpoint, out, layout, precision, ops) -> str:
+def _default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu") -> str:
     parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
     if layout != "auto":
         parts += ["--layout", layout]
     parts += ["--precision", precision]
+    if overrides:
+        parts += ["--graph-precision", ",".join(f"{g}={p}" for g, p in overrides.items())]
+    if target != "cpu":
+        parts += ["--target", target]
     if ops:
         parts += ["--ops", ops]
     return " ".join(parts)

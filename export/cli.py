@@ -29,8 +29,20 @@ def _log(msg: str) -> None:
                    "existing bundle at OUT is replaced.")
 @click.option("--layout", type=click.Choice(["auto", "official", "diffusers"]), default="auto", show_default=True,
               help="Checkpoint layout; auto detects it.")
-@click.option("--precision", default="fp32", show_default=True,
-              help="Precision pass applied to every graph (fp32 is the reference; see export/precision.py).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True,
+              help="Bundle precision. fp16: DiT, text encoder and VAE weights and matmuls/convolutions in fp16 "
+                   "(norms, softmax, angles fp32). int8/int4: weight-only quantised DiT block linears, other "
+                   "graphs fp32. The condition encoder and audio tokenizer/detokenizer always stay fp32. Graph "
+                   "IO is float32 in every precision.")
+@click.option("--graph-precision", "graph_precision", default=None, metavar="GRAPH=PREC[,GRAPH=PREC...]",
+              help="Per-graph overrides of --precision, e.g. 'vae_decoder=fp16,text_encoder=int8'. "
+                   "text_encoder and dit take fp32/fp16/int8/int4, the VAE graphs fp32/fp16, the rest fp32.")
+@click.option("--target", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Provider the int8/int4 schemes are chosen for: cpu = DynamicQuantizeMatMul int8 (fast CPU "
+                   "integer GEMM), MatMulNBits int4 with int8 compute; gpu = MatMulNBits (CUDA kernels).")
+@click.option("--allow-over-budget", is_flag=True,
+              help="Keep a graph whose measured error exceeds its budget (the manifest marks it over_budget) "
+                   "instead of failing the export.")
 @click.option("--ops", type=click.Choice(OPS), default="standard", show_default=True,
               help="How attention, RMSNorm and rotary are lowered: standard opset-23 ops (Attention, "
                    "RMSNormalization, RotaryEmbedding), ONNX Runtime contrib ops (ort), or basic ops only "
@@ -51,7 +63,8 @@ def _log(msg: str) -> None:
 @click.option("--skip-parity", is_flag=True,
               help="Do not run the ONNX Runtime vs torch fp32 check (it needs the torch graph and the "
                    "ONNX session in memory one after the other).")
-def export_command(checkpoint, out, layout, precision, ops, full_attention, query_block, graphs, skip_parity):
+def export_command(checkpoint, out, layout, precision, graph_precision, target, allow_over_budget, ops,
+                   full_attention, query_block, graphs, skip_parity):
     """Export an ACE-Step checkpoint to an ONNX bundle (see docs/bundle-format.md).
 
     Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
@@ -74,10 +87,18 @@ def export_command(checkpoint, out, layout, precision, ops, full_attention, quer
         raise click.BadParameter(f"--query-block sets the chunked lowering, which --full-attention {full_attention} "
                                  f"with --ops {ops} never uses (drop it, or pass --full-attention chunked)",
                                  param_hint="--query-block")
+    from acestep_edge.export.precision import parse_graph_precision, plan
+
+    try:
+        overrides = parse_graph_precision(graph_precision)
+        plan(precision, overrides, [g for g in GRAPHS if not graphs or g in graphs])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--graph-precision") from exc
     try:
         with attention_lowering(full_attention, query_block):
-            path = export_bundle(checkpoint, out, layout=layout, precision=precision, ops=ops,
-                                 graphs=graphs or None, parity=not skip_parity, command=invoked_command(), log=_log)
+            path = export_bundle(checkpoint, out, layout=layout, precision=precision, graph_precision=overrides,
+                                 target=target, allow_over_budget=allow_over_budget, ops=ops, graphs=graphs or None,
+                                 parity=not skip_parity, command=invoked_command(), log=_log)
     except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     from acestep_edge.export.inspect import inspect_bundle

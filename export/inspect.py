@@ -71,6 +71,26 @@ def _io(items) -> str:
     return ", ".join(f"{i['name']} {i['dtype']}[{', '.join(str(d) for d in i['shape'])}]" for i in items)
 
 
+def scheme_text(graph: dict) -> str:
+    """One line for a graph's precision scheme (the manifest's `quantization` record; fp32 has none)."""
+    q = graph.get("quantization")
+    if not q:
+        return "fp32 (no rewrite)" if graph.get("precision", "fp32") == "fp32" else f"{graph.get('precision')}"
+    if q.get("bits") == 16:
+        return f"fp16 weights and matmuls/convolutions ({q.get('rewritten_ops')} ops), fp32 elsewhere"
+    parts = [q.get("op", "?"), f"{q.get('bits')}-bit",
+             f"block {q['block_size']}" if q.get("block_size") else "per output channel",
+             "symmetric" if q.get("symmetric") else "asymmetric"]
+    if q.get("accuracy_level"):
+        parts.append(f"accuracy level {q['accuracy_level']}")
+    if q.get("weight_dtype") and "Dynamic" in q.get("op", ""):
+        parts.append(f"{q['weight_dtype']} weights" + (", reduce range" if q.get("reduce_range") else ""))
+    parts.append(f"for {q.get('provider')}")
+    if q.get("rewritten_ops") is not None:
+        parts.append(f"{q['rewritten_ops']} linears")
+    return ", ".join(parts)
+
+
 def inspect_bundle(path: str | Path, verify: bool = False) -> str:
     """A readable summary: model, graphs (sizes, precision, ops, IO, parity) and files."""
     bundle = Path(path)
@@ -99,10 +119,13 @@ def inspect_bundle(path: str | Path, verify: bool = False) -> str:
             par_txt = f"parity max rel err {par['max_rel_err']:.2e} ({len(par.get('cases', []))} cases)"
         else:
             par_txt = "parity not measured"
+        if g.get("budget") and par and "max_rel_err" in par:
+            par_txt += f", budget {g['budget']['max_rel_err']:.2e}" + ("  OVER BUDGET" if g.get("over_budget") else "")
         data = f" + {g['data']}" if g.get("data") else ""
         lines += [
             f"  {name}: {g.get('file')}{data}  {_size(size)}  {g.get('precision')}  opset {g.get('opset')}  "
             f"ops {g.get('ops')}  {par_txt}",
+            f"    scheme: {scheme_text(g)}",
             f"    in:  {_io(g.get('inputs', []))}",
             f"    out: {_io(g.get('outputs', []))}",
         ]
@@ -112,6 +135,9 @@ def inspect_bundle(path: str | Path, verify: bool = False) -> str:
         size = f.stat().st_size if f.is_file() else None
         lines.append(f"  {key}: {entry.get('file')}  {_size(size) if size is not None else 'MISSING'}")
     lines.append(f"total graph size: {_size(total)}")
+    if export.get("precision"):
+        lines.append(f"precision: {export['precision']} (schemes chosen for {export.get('target', 'cpu')})"
+                     + ("; exported with --allow-over-budget" if export.get("allow_over_budget") else ""))
     lines.append("verified: every file present and its sha256 matches" if verify else
                  "not verified (run with --verify to check every file's sha256)")
     return "\n".join(lines)

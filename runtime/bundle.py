@@ -207,6 +207,11 @@ class Bundle:
         return DitRunner(self.session("dit"), constants, io_binding=self.options.io_binding,
                          cuda_graph=self.cuda_graph, device_id=self.options.device.device_id)
 
+    def precisions_in_use(self) -> dict[str, str]:
+        """Each created session's graph precision from the manifest (bundles before precisions: fp32)."""
+        graphs = self.manifest.get("graphs", {})
+        return {name: graphs.get(name, {}).get("precision", "fp32") for name in self._sessions}
+
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session(name).run(None, feeds)
 

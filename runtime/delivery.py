@@ -36,4 +36,5 @@ def deliver(request, result, path: Path | None = None, *, audio_uuid: str | None
     timings["write"] = time.perf_counter() - start
     response = build_response(request, **kwargs)
     response["providers"] = result.metadata["providers"]
+    response["precisions"] = result.metadata.get("precisions", {})  # {graph: fp32|fp16|int8|int4}
     return response

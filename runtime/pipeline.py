@@ -449,5 +449,6 @@ class Render:
             "latent_frames": int(self.cond.frames),
             "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
+            "precisions": bundle.precisions_in_use(),
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -1,7 +1,8 @@
 """DiT forward on CPU per precision: ONNX Runtime fp32 / int8 / int4 beside PyTorch fp32 and bf16, one run.
 
     PYTHONPATH=$PWD python benchmarks/dit_cpu_precision.py [--work DIR] [--repeats 5] [--threads 2]
-        [--variants torch_fp32 torch_bf16 ort_fp32 int8_dyn ...] [--json out.json] [--no-rss]
+        [--variants torch_fp32 torch_bf16 ort_fp32 q_int8_u8s8 ...] [--quant-api CHECKOUT]
+        [--json out.json] [--no-rss]
 
 The model: the DiT of 8 layers × 1024 hidden (8 query / 4 KV heads, head_dim 128, intermediate
 3072, alternating ±128 sliding / full layers as XL; encoder side as the tiny preset), a seeded
@@ -9,14 +10,16 @@ random checkpoint written to `--work`, its `dit` graph exported with the bundle'
 `DiTGraph` / `export_program` / `save_program` (opset-23 ops). Inputs: 60 s of audio (T = 1500
 latent frames, 750 DiT tokens), batch 2 (cond + null), S = 128 condition tokens.
 
-Each ONNX variant is the fp32 graph rewritten by a precision recipe (see `RECIPES`). With
-`--quant-api` the int8/int4 variants also run through the quant helper's export passes, when
-`acestep_edge.export.quantize` offers them. Timing: all variants live in this one process and are
-run round-robin (one forward each per round, after one warm-up), `--threads` threads for torch
+Each ONNX variant is the fp32 graph rewritten by a precision recipe (see `RECIPES`): ONNX Runtime's
+stock tools (quantize_dynamic, MatMulNBitsQuantizer) or, for the `q_*` variants, the bundle's own
+passes in export/quantize.py (in process, or from another checkout with `--quant-api CHECKOUT`, run in
+a subprocess there); `*_fused` variants first apply export/fuse.py. Timing: all variants live in this
+one process and are run round-robin (one forward each per round, after one warm-up), `--threads` threads for torch
 (`torch.set_num_threads`) and ONNX Runtime (`intra_op_num_threads`); median and min per variant,
 and each variant's ratio to torch bf16 per round. Error: each variant's velocity against ONNX
 Runtime fp32 on the same inputs (max |Δ| / max |ref| and ‖Δ‖ / ‖ref‖). RSS: a fresh subprocess per
-variant loads it and runs one forward; its peak RSS (VmHWM) is reported.
+variant loads it and runs one forward; its peak RSS (VmHWM) is reported. Memory: the timing process
+holds every variant at once (5.6 GB with the eight defaults); pass fewer `--variants` to stay lower.
 """
 
 from __future__ import annotations

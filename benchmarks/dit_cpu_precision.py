@@ -69,7 +69,6 @@ def inputs(preset):
 
 def checkpoint(work: Path, preset) -> Path:
     import torch
-
     from acestep_edge.models.random_checkpoint import write_random_checkpoint
 
     root = work / "checkpoint"
@@ -79,7 +78,6 @@ def checkpoint(work: Path, preset) -> Path:
 
 def load_dit(root: Path, dtype=None):
     """The torch reference: `DiTGraph` (the exported wrapper, eager) over the checkpoint's weights."""
-    import torch
 
     from acestep_edge.export.graphs import DiTGraph
     from acestep_edge.models.checkpoint import load_checkpoint
@@ -108,7 +106,6 @@ def _save_ir(model, path: Path) -> Path:
 def fused(src: Path, dst: Path) -> Path:
     """q/k/v, cross k/v and gate/up MatMuls fused into one MatMul each (export/fuse.py)."""
     import onnx_ir as ir
-
     from acestep_edge.export.fuse import fuse_shared_input_matmuls
 
     model = ir.load(src)
@@ -131,7 +128,10 @@ def dynamic_int8(src: Path, dst: Path, per_channel=True, reduce_range=True) -> P
 def nbits(src: Path, dst: Path, bits: int, block: int, accuracy_level: int) -> Path:
     """ONNX Runtime's MatMulNBits (weight-only, symmetric, blockwise along K)."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits)
     quant = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=cfg)
@@ -160,7 +160,6 @@ def quant_api(src: Path, dst: Path, **scheme) -> Path:
     if QUANT_API is None:  # the passes of this checkout, in process
         try:
             import onnx_ir as ir
-
             from acestep_edge.export import quantize as q
         except ImportError:
             raise SystemExit("this variant needs export/quantize.py: pass --quant-api CHECKOUT") from None
@@ -170,7 +169,7 @@ def quant_api(src: Path, dst: Path, **scheme) -> Path:
         return _save_ir(model, dst)
     env = dict(os.environ, PYTHONPATH=QUANT_API)
     proc = subprocess.run([sys.executable, "-c", _QUANT_CHILD, str(src), str(dst), json.dumps(scheme)], env=env, cwd=QUANT_API,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"quant pass failed for {dst.name}: {proc.stderr.strip()[-2000:]}")
     return dst
@@ -264,9 +263,10 @@ class OrtRunner:
 
 
 def _peak_rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -285,7 +285,7 @@ def rss_child(name: str, target: str, threads: int) -> None:
 
 def measure_rss(name: str, target: Path, threads: int) -> float | None:
     proc = subprocess.run([sys.executable, __file__, "--rss-child", name, str(target), "--threads", str(threads)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"  RSS child for {name} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}", flush=True)
         return None
@@ -321,7 +321,6 @@ def main(argv=None) -> None:
     global QUANT_API
     QUANT_API = args.quant_api
 
-    import numpy as np
     import onnx
     import onnxruntime
     import torch
@@ -394,11 +393,12 @@ def main(argv=None) -> None:
 def cpu_summary() -> str:
     flags, model = set(), "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                if line.startswith("model name") and model == "?":
+                    model = line.split(":", 1)[1].strip()
     except OSError:
         pass
     wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]

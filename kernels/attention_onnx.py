@@ -128,7 +128,16 @@ def blocked_local_attention(q, k, v, window: int, block: int | None = None, scal
     return out[:, :, :length]
 
 
-# ---- fused custom op: eager body = the eager attention, ONNX body chosen by the translation table ----
+# ---- custom ops: eager body = the eager attention, ONNX body chosen by the translation table ----
+
+
+def _eager_body(q, k, v, key_padding_mask, causal, scale):
+    with eager():
+        return _eager_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale).contiguous()
+
+
+def _output_like(q, v):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
 @torch.library.custom_op("acestep::attention", mutates_args=())
@@ -140,13 +149,12 @@ def fused_attention(
     causal: bool,
     scale: float | None,
 ) -> torch.Tensor:
-    with eager():
-        return _eager_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale).contiguous()
+    return _eager_body(q, k, v, key_padding_mask, causal, scale)
 
 
 @fused_attention.register_fake
 def _(q, k, v, key_padding_mask, causal, scale):
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return _output_like(q, v)
 
 
 @torch.library.custom_op("acestep::chunked_attention", mutates_args=())
@@ -159,14 +167,13 @@ def chunked_attention(
     scale: float | None,
     block: int,
 ) -> torch.Tensor:
-    # Eager body = the eager attention (same maths); only the ONNX body is chunked.
-    with eager():
-        return _eager_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale).contiguous()
+    # Same maths as the fused op; only the ONNX body (a Scan over query blocks of `block`) differs.
+    return _eager_body(q, k, v, key_padding_mask, causal, scale)
 
 
 @chunked_attention.register_fake
 def _(q, k, v, key_padding_mask, causal, scale, block):
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return _output_like(q, v)
 
 
 def lowered_attention(mode: str, q, k, v, *, window=None, causal=False, key_padding_mask=None, scale=None):

@@ -46,6 +46,12 @@ class Branch:
     null_states: np.ndarray  # [1, S', D]; S' != S only with useNegativePrompt
     src_latents: np.ndarray  # [1, T, 64]
 
+    @property
+    def paired(self) -> bool:
+        """Both halves fit one batch-2 DiT call (equal encoder lengths). Otherwise they run as two
+        batch-1 calls: the DiT has no encoder mask, so padding one half would change its result."""
+        return self.null_states.shape == self.encoder_states.shape
+
 
 @dataclass
 class Edit:
@@ -226,9 +232,8 @@ class Pipeline:
                 edit.strength = request.strength
                 edit.switch_scale = settings.cover_conditioning_scale
                 if tasks.switch_step(request.steps, settings.cover_conditioning_scale) is not None:
-                    edit.switch = self._text2music_branch(request, metas, lyrics, refer, silence_t, timings)
-                    prompts["switch_caption"] = caption_prompt(task_instruction("text2music"),
-                                                               request.positive_prompt, metas)
+                    edit.switch, prompts["switch_caption"] = self._text2music_branch(
+                        request, metas, lyrics, refer, silence_t, timings)
             if repaint is not None:
                 ratio, cf, wav_cf = tasks.repaint_config(settings.repaint_mode, request.strength)
                 edit.repaint, edit.injection_ratio, edit.crossfade_frames = repaint, ratio, cf
@@ -279,13 +284,15 @@ class Pipeline:
         negative = caption_prompt(instruction, request.negative_prompt, metas)
         return self._condition_states(negative, lyrics, refer, timings)[0]
 
-    def _text2music_branch(self, request: Request, metas: str, lyrics: str, refer, silence_t, timings) -> Branch:
-        """Cover's second condition: text2music instruction, silence source (generate_audio non_cover)."""
+    def _text2music_branch(self, request: Request, metas: str, lyrics: str, refer, silence_t,
+                           timings) -> tuple[Branch, str]:
+        """Cover's second condition and its caption: text2music instruction, silence source
+        (generate_audio's non-cover condition)."""
         instruction = task_instruction("text2music")
         caption = caption_prompt(instruction, request.positive_prompt, metas)
         states = self._condition_states(caption, lyrics, refer, timings)[0]
         null = self._null_states(states, request, instruction, metas, lyrics, refer, timings)
-        return Branch(states, null, silence_t[None].astype(np.float32))
+        return Branch(states, null, silence_t[None].astype(np.float32)), caption
 
     # -- rendering ----------------------------------------------------------------------------
     def start(self, request: Request | dict, noise: np.ndarray | None = None, index: int = 0,
@@ -370,7 +377,7 @@ class Render:
         for name, b in branches.items():
             constants[name, "cond"] = {"encoder_states": b.encoder_states, "src_latents": b.src_latents,
                                        "chunk_mask": mask}
-            if b.null_states.shape == b.encoder_states.shape:
+            if b.paired:
                 constants[name, "pair"] = {"encoder_states": np.concatenate([b.encoder_states, b.null_states]),
                                            "src_latents": np.concatenate([b.src_latents] * 2),
                                            "chunk_mask": np.concatenate([mask] * 2)}
@@ -390,12 +397,10 @@ class Render:
         start = time.perf_counter()
         if not batch2:
             out = (self._dit(x, t, "cond"), None)
-        elif b.null_states.shape == b.encoder_states.shape:
+        elif b.paired:
             v = self._dit(np.concatenate([x, x]), t, "pair")
             out = (v[:1], v[1:])
-        else:
-            # Encoder lengths differ (negative prompt): the DiT has no encoder mask, so padding one
-            # half would change it; run the halves as two batch-1 calls instead.
+        else:  # a negative caption of another length: two batch-1 calls (see Branch.paired)
             out = (self._dit(x, t, "cond"), self._dit(x, t, "null"))
         self._dit_seconds += time.perf_counter() - start
         return out

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from .audio_io import MODEL_SAMPLE_RATE, AudioError, read_audio
+from .postprocess import tile_windows
 from .request import RequestError
 
 # Official tiled encode (ace-step/ACE-Step-1.5 acestep/core/generation/handler/vae_encode*.py):
@@ -56,16 +57,6 @@ def reference_segments(audio: np.ndarray, sr: int = MODEL_SAMPLE_RATE) -> np.nda
     return np.concatenate([audio[:, s:s + segment] for s in starts], axis=-1)
 
 
-def encode_windows(samples: int, hop: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(window_start, window_end, core_start, core_end) in samples; cores tile [0, samples)."""
-    stride = chunk - 2 * overlap
-    out = []
-    for start in range(0, samples, stride):
-        end = min(start + stride, samples)
-        out.append((max(0, start - overlap), min(samples, end + overlap), start, end))
-    return out
-
-
 def tiled_encode(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], audio: np.ndarray, hop: int,
                  chunk_seconds: float = ENCODE_CHUNK_SECONDS, overlap_seconds: float = ENCODE_OVERLAP_SECONDS,
                  sr: int = MODEL_SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
@@ -84,9 +75,10 @@ def tiled_encode(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], aud
         mean, scale = run(x)
         return mean.transpose(0, 2, 1), scale.transpose(0, 2, 1)
     means, scales = [], []
-    for ws, we, cs, ce in encode_windows(frames * hop, hop, chunk, overlap):
-        mean, scale = run(np.ascontiguousarray(x[:, :, ws:we]))
-        lo, hi = (cs - ws) // hop, (ce - ws) // hop
+    # The decoder's overlap-discard tiling, in latent frames (window and overlap are whole hops).
+    for ws, we, cs, ce in tile_windows(frames, chunk // hop, overlap // hop):
+        mean, scale = run(np.ascontiguousarray(x[:, :, ws * hop:we * hop]))
+        lo, hi = cs - ws, ce - ws
         means.append(mean[:, :, lo:hi])
         scales.append(scale[:, :, lo:hi])
     return np.concatenate(means, -1).transpose(0, 2, 1), np.concatenate(scales, -1).transpose(0, 2, 1)

@@ -12,6 +12,8 @@ from acestep_edge.models.checkpoint import CheckpointError, load_checkpoint
 from acestep_edge.models.config import xl_base
 from acestep_edge.models.random_checkpoint import random_tensor
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 # SPEC §2, written out by hand: every key pattern of the XL DiT checkpoint with its shape.
 L, E = r"\d+", r"\d+"
 XL_TREE = {

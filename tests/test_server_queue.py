@@ -15,15 +15,17 @@ import uuid
 
 import pytest
 from acestep_edge.runtime.audio_io import encode_audio_bytes
-from acestep_edge.runtime.pipeline import Pipeline
 from serverutil import DEMO_BUNDLE, LiveServer, task
 
 LONG = {"duration": 30, "steps": 200}  # several seconds on the tiny bundle: long enough to cancel mid-way
 
 
+pytestmark = pytest.mark.server
+
+
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=1)
+def pipeline(demo_pipeline):
+    return demo_pipeline
 
 
 def _files(folder):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import acestep_edge
 from acestep_edge.runtime.audio_io import read_audio
 
-DEMO_BUNDLE = __import__("acestep_edge").__path__[0] + "/demo_bundle"
+DEMO_BUNDLE = str(acestep_edge.DEMO_BUNDLE)
 UUID = "0b7e3c1e-5d7a-4f0e-8a51-3c2f4b6d9e10"
 
 

@@ -115,6 +115,7 @@ def test_bench_command_on_the_demo_bundle(tmp_path):
         assert r["dit_tflops_achieved"] > 0 and r["gemm_peak_tflops"] > 0 and r["peak_host_memory_gb"] > 0
         assert r["system"]["onnxruntime"] and r["encoder_tokens"] > 1
     assert "DiT ms/step" in result.output and "e2e@50" in result.output
+    assert result.output.count(f"acestep-edge {acestep_edge.__version__}, Python") == 1  # the header, once
     # Appends: a second run adds lines instead of replacing the file.
     result, out = _bench(["--durations", "10"], tmp_path)
     assert result.exit_code == 0 and len(out.read_text().splitlines()) == 3

@@ -75,7 +75,7 @@ def _torch(array):
 def test_shared_request_renders_in_every_format(demo_pipeline, request_file, tmp_path):
     """Each real request at its own duration (180–300 s). Only `steps` is lowered, to keep CI short:
     the step count does not change shapes, files or the response."""
-    from acestep_edge.runtime.cli import _deliver
+    from acestep_edge.runtime.delivery import deliver
     from acestep_edge.runtime.request import parse_request
 
     data = {**json.loads(request_file.read_text()), "steps": 2}
@@ -85,7 +85,7 @@ def test_shared_request_renders_in_every_format(demo_pipeline, request_file, tmp
     assert result.seed == data["seed"]
     for fmt in FORMATS:
         request = parse_request({**data, "outputFormat": fmt})
-        response = _deliver(request, result, tmp_path / f"out.{fmt.lower()}", False, None)
+        response = deliver(request, result, tmp_path / f"out.{fmt.lower()}")
         assert response["taskUUID"] == data["taskUUID"] and response["seed"] == data["seed"]
         assert uuid.UUID(response["audioUUID"]).version == 4
         path = Path(response["audioURL"].removeprefix("file://"))

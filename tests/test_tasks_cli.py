@@ -44,8 +44,8 @@ def request(**changes):
 
 BAD = [
     ("missing source", {"inputs": {"audio": "SRC/nope.wav"}}, "inputs.audio", "does not exist"),
-    ("empty source", {"inputs": {"audio": "SRC/empty.wav"}}, "inputs.audio", "could not decode"),
-    ("unreadable source", {"inputs": {"audio": "SRC/junk.mp3"}}, "inputs.audio", "could not decode"),
+    ("empty source", {"inputs": {"audio": "SRC/empty.wav"}}, "inputs.audio", "not a readable audio file"),
+    ("unreadable source", {"inputs": {"audio": "SRC/junk.mp3"}}, "inputs.audio", "not a readable audio file"),
     ("six channels", {"inputs": {"audio": "SRC/surround.wav"}}, "inputs.audio", "6 channels"),
     ("missing reference (text2music)", {"inputs": None, "duration": 10,
                                         "settings": {"referenceAudio": "SRC/nope.wav"}},

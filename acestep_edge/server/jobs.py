@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from acestep_edge.runtime.bundle import TEXT2MUSIC_GRAPHS
 from acestep_edge.runtime.delivery import deliver
 from acestep_edge.runtime.pipeline import Cancelled, Pipeline
 from acestep_edge.runtime.request import Request, RequestError
@@ -95,8 +96,10 @@ class Renderer:
 
     def __init__(self, pipeline: Pipeline, out_dir: Path, queue_size: int = 16):
         self.pipeline, self.out_dir, self.queue_size = pipeline, Path(out_dir), queue_size
-        for name in pipeline.bundle.manifest.get("graphs", {}):  # every session now, not on the first request
-            pipeline.bundle.session(name)
+        # The text2music sessions now, not on the first request; the encoders editing tasks add load when needed.
+        for name in TEXT2MUSIC_GRAPHS:
+            if pipeline.bundle.has_graph(name):
+                pipeline.bundle.session(name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.out_dir.glob(".*.part"):  # temp files of a process killed mid-write long ago
             if time.time() - stale.stat().st_mtime > 3600:

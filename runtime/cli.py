@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from . import noise
 from .bundle import PROVIDERS, TEXT2MUSIC_GRAPHS, BundleError
 from .delivery import deliver
 from .outputs import OutputPlan, apply_out_format, check_out_format
@@ -85,9 +86,13 @@ def _quiet_onnxruntime() -> None:
 
 def render_requests(text: str, bundle: Path, out: str | None, provider: str, threads: int | None,
                     save_latents: str | None, noise_path: str | None, progress: str = "auto",
-                    base: Path | None = None, from_stdin: bool = True) -> list[dict]:
-    """Validate everything (requests, sources, output paths, bundle) first, then render; the Runware responses."""
-    from .pipeline import Pipeline  # sessions only once the requests are known to be valid
+                    base: Path | None = None, from_stdin: bool = True, noise_source: str | None = None,
+                    noise_gpu: str | None = None) -> list[dict]:
+    """Validate everything (requests, sources, output paths, bundle) first, then render; the Runware responses.
+
+    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none.
+    """
+    from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
     try:
         data = json.loads(text)
@@ -108,10 +113,13 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
     plan = OutputPlan.build(requests, out, save_latents)
     _quiet_onnxruntime()
     try:
-        pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
+        pipeline = Pipeline.load(bundle, provider=provider, threads=threads,
+                                 config=GenerationConfig(noise_source=noise_source, noise_gpu=noise_gpu))
         pipeline.bundle.require(TEXT2MUSIC_GRAPHS)
     except BundleError as exc:
         raise TaskFailure(exc, uuids) from exc
+    for request in requests:  # a request's GPU against a CLI source: refused before anything renders
+        pipeline.noise_source(request)
     plan.prepare()
     responses = []
     for request, row in zip(requests, plan.results):
@@ -143,12 +151,12 @@ def common_options(f):
 
 
 def run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin,
-                  single: bool) -> list[dict]:
+                  single: bool, **noise_defaults) -> list[dict]:
     """render_requests with every failure turned into Runware's error JSON and an exit code."""
     try:
         with _one_warning_line():
             responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path, progress,
-                                        base, from_stdin)
+                                        base, from_stdin, **noise_defaults)
     except RequestError as exc:
         fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
     except TaskFailure as exc:
@@ -157,6 +165,15 @@ def run_and_print(text, bundle, out, provider, threads, save_latents, noise_path
         fail(exc, EXIT_FAILED)
     click.echo(json.dumps(responses[0] if single and len(responses) == 1 else responses, indent=2))
     return responses
+
+
+def _check_gpu(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return noise.gpu(value).name
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command("generate")
@@ -171,16 +188,28 @@ def run_and_print(text, bundle, out, provider, threads, save_latents, noise_path
               help="Also write the final latents as .npy (float32, [1, T, 64]).")
 @click.option("--noise", "noise_path", type=click.Path(dir_okay=False), default=None,
               help="Initial noise as .npy (float32, [1, T, 64]) instead of drawing it from the seed.")
-def generate_command(request_file, bundle, out, provider, threads, progress, save_latents, noise_path):
+@click.option("--noise-source", type=click.Choice(noise.SOURCES), default=None,
+              help="How the seed becomes noise when a request's settings.noise is absent: torch-cuda (default: "
+                   "the official code's draw on a CUDA GPU), torch-cpu (its draw on a CPU), numpy.")
+@click.option("--noise-gpu", callback=_check_gpu, default=None,
+              help=f"GPU whose torch-cuda draw to reproduce when settings.noiseGpu is absent: "
+                   f"{', '.join(noise.GPU_PRESETS)}, an SM count or SMSxTHREADS (default h100; "
+                   "the same on every GPU up to 55 s).")
+def generate_command(request_file, bundle, out, provider, threads, progress, save_latents, noise_path, noise_source,
+                     noise_gpu):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
     Every request, source file and output path is checked before anything renders; a bad field gives a
     Runware-style error naming it, a non-zero exit code, and no output file. Relative source paths in a
     request file are read from that file's folder.
     """
+    if noise_gpu is not None and noise_source not in (None, "torch-cuda"):
+        raise click.BadParameter(f"applies to --noise-source torch-cuda only (got {noise_source})",
+                                 param_hint="--noise-gpu")
     try:
         text, base, from_stdin = read_request_text(request_file)
     except RequestError as exc:
         fail(exc, EXIT_BAD_REQUEST)
     single = not text.lstrip().startswith("[")
-    run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin, single)
+    run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin, single,
+                  noise_source=noise_source, noise_gpu=noise_gpu)

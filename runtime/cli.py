@@ -120,7 +120,7 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
         raise TaskFailure(exc, uuids) from exc
     for request in requests:  # a request's GPU against a CLI source: refused before anything renders
         pipeline.noise_source(request)
-    plan.prepare()
+    plan.prepare(uuids[0])
     responses = []
     for request, row in zip(requests, plan.results):
         report = Progress(progress, label=request.task_uuid[:8])

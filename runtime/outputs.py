@@ -108,11 +108,11 @@ class OutputPlan:
                 raise RequestError("out", f"--out: cannot write in {existing} (permission denied)",
                                    "invalidOutputPath", task_uuid)
 
-    def prepare(self) -> None:
+    def prepare(self, task_uuid: str | None = None) -> None:
         """Make the missing output folders (after the checks and the bundle load, before any render)."""
         for folder in self.folders:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise RequestError("out", f"--out: cannot make the folder {folder}: {exc.strerror}",
-                                   "invalidOutputPath") from exc
+                                   "invalidOutputPath", task_uuid) from exc

@@ -9,6 +9,7 @@ MODES = ("auto", "bar", "plain", "none")
 # Stage names the pipeline reports, as a person reads them.
 LABELS = {"text_encoder": "text encoder", "condition_encoder": "condition encoder", "vae_encoder": "source encode",
           "dit": "DiT steps", "vae_decoder": "VAE decode", "write": "write"}
+UNITS = {"dit": "step", "vae_decoder": "chunk", "vae_encoder": "window", "write": "file"}
 _WIDTH = 30
 
 
@@ -36,8 +37,8 @@ class Progress:
         prefix = f"{self.label}: " if self.label else ""
         if self.mode == "plain":
             if new:  # the line says what runs now, so a long stage is never silent
-                count = f" ({total} {'step' if stage == 'dit' else 'part'}{'s' if total != 1 else ''})" \
-                    if total > 1 else ""
+                unit = UNITS.get(stage, "part")
+                count = f" ({total} {unit}{'s' if total != 1 else ''})" if total > 1 else ""
                 self._write(f"{prefix}{name}{count}\n")
             return
         filled = _WIDTH * done // max(total, 1)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import noise as noise_sources
 from . import sampler, source_audio
 from .bundle import Bundle, SessionOptions
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
@@ -39,6 +40,8 @@ class GenerationConfig:
     normalize: bool = True
     encode_window: float = source_audio.ENCODE_CHUNK_SECONDS  # VAE encode window, seconds
     encode_overlap: float = source_audio.ENCODE_OVERLAP_SECONDS
+    noise_source: str | None = None  # default initial-noise source when the request names none
+    noise_gpu: str | int | None = None  # default GPU preset of torch-cuda noise
 
 
 @dataclass
@@ -77,11 +80,25 @@ class Pipeline:
         mask_value = self.config.chunk_mask if self.config.chunk_mask is not None else defaults.get("chunk_mask", 1.0)
         return self.conditioner.condition(request, seed, mask_value)
 
+    def noise_source(self, request: Request) -> noise_sources.NoiseSource:
+        """The request's noise source and GPU, else this pipeline's defaults (CLI --noise-source/--noise-gpu)."""
+        settings = request.settings
+        name = settings.noise or self.config.noise_source
+        gpu = settings.noise_gpu
+        if gpu is None and (name or noise_sources.DEFAULT_SOURCE) == "torch-cuda":
+            gpu = self.config.noise_gpu
+        try:
+            return noise_sources.source(name, gpu)
+        except ValueError as exc:
+            raise RequestError("settings.noiseGpu" if settings.noise_gpu is not None else "settings.noise",
+                               f"settings.noise: {exc}", "conflictingParameters", request.task_uuid) from exc
+
     # -- rendering ----------------------------------------------------------------------------
     def start(self, request: Request | dict, noise: np.ndarray | None = None, index: int = 0,
               conditioning: Conditioning | None = None) -> "Render":
         """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
         request = request if isinstance(request, Request) else parse_request(request)
+        self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
         seed = request.seed if request.seed is not None else sampler.draw_seed()
         cond = conditioning or self.condition(request, seed)
         return Render(self, request, cond, seed + index, noise)
@@ -103,6 +120,7 @@ class Pipeline:
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
+        self.noise_source(request)
         cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
                 for i in range(request.number_results)]

@@ -49,9 +49,14 @@ class Render:
         self.dit = pipeline.bundle.dit_runner(self._dit_constants())
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
+        """Each result draws from its own seed with a fresh generator, as the official code does per
+        batch item; explicit noise (--noise FILE.npy) replaces the draw."""
         shape = (1, self.cond.frames, LATENT_CHANNELS)
         if noise is None:
-            return sampler.initial_noise(self.seed, self.cond.frames)
+            source = self.pipeline.noise_source(self.request)
+            self.noise_info = source.describe(self.seed)
+            return source.draw(self.seed, self.cond.frames)
+        self.noise_info = {"source": "explicit", "seed": int(self.seed)}
         noise = np.asarray(noise)
         if noise.shape != shape or noise.dtype != np.float32:
             raise RequestError("noise", f"noise: expected float32 of shape {list(shape)} for this duration, got "
@@ -138,5 +143,6 @@ class Render:
             "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
+            "noise": self.noise_info,
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

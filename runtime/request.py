@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import noise
 from .audio_io import FORMATS, LOSSY_FORMATS, LOSSY_SAMPLE_RATES, bitrate_limits
 from .fields import boolean, choice, choice_int, field_error, is_integral, is_number, number, section, string
 from .vocab import (GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES, REPAINT_MODES,
@@ -37,7 +38,7 @@ _SETTINGS_KEYS = (
     "lyrics", "bpm", "keyScale", "timeSignature", "vocalLanguage", "guidanceType",
     "cfgIntervalStart", "cfgIntervalEnd", "coverConditioningScale", "repaintingStart",
     "repaintingEnd", "shift", "task", "trackName", "trackClasses", "useNegativePrompt",
-    "referenceAudio", "repaintMode",
+    "referenceAudio", "repaintMode", "noise", "noiseGpu",
 )
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
@@ -78,6 +79,8 @@ class Settings:
     use_negative_prompt: bool = False
     reference_audio: str | None = None  # timbre reference: path, file:// URI or data URI
     repaint_mode: str = "balanced"  # repaint / lego windows: balanced, conservative, aggressive
+    noise: str | None = None  # initial-noise source (runtime/noise.py); None = the pipeline's default
+    noise_gpu: str | None = None  # torch-cuda's GPU: preset name or "SMSxTHREADS"; None = default
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
               f"settings.repaintingStart/repaintingEnd; task is {task})", "conflictingParameters")
     use_neg = boolean(s, "useNegativePrompt", p + "useNegativePrompt")
     lang = choice(s, "vocalLanguage", p + "vocalLanguage", VALID_LANGUAGES, "en")
+    noise_source, noise_gpu = _noise(s)
     return Settings(
         lyrics=string(s, "lyrics", p + "lyrics", max_chars=MAX_LYRICS_CHARS) or "",
         bpm=number(s, "bpm", p + "bpm", *BPM_RANGE, integer=True),
@@ -232,7 +236,24 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         use_negative_prompt=use_neg,
         reference_audio=_audio_source(s.get("referenceAudio"), p + "referenceAudio"),
         repaint_mode=mode or "balanced",
+        noise=noise_source,
+        noise_gpu=noise_gpu,
     )
+
+
+def _noise(s: Mapping) -> tuple[str | None, str | None]:
+    p = "settings."
+    source = choice(s, "noise", p + "noise", noise.SOURCES)
+    raw = s.get("noiseGpu")
+    if raw is None:
+        return source, None
+    if source not in (None, "torch-cuda"):
+        raise field_error(p + "noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source}); remove it",
+              "conflictingParameters")
+    try:
+        return source, noise.gpu(raw).name
+    except ValueError as exc:
+        raise field_error(p + "noiseGpu", str(exc), "invalidParameter") from exc
 
 
 def _check_strength(settings: Settings) -> None:

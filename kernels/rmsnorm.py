@@ -1,4 +1,4 @@
-"""RMSNorm with fp32 statistics (Qwen3RMSNorm semantics; SPEC §6.1): torch function and numpy reference."""
+"""RMSNorm with fp32 statistics (transformers models/qwen3/modeling_qwen3.py `Qwen3RMSNorm`): torch function and numpy reference."""
 
 from __future__ import annotations
 

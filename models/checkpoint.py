@@ -5,7 +5,7 @@ Official layout (a checkpoints folder):
                                                silence_latent.pt  ([1, 64, N])
     <root>/vae/config.json, diffusion_pytorch_model.safetensors
     <root>/Qwen3-Embedding-0.6B/config.json, model.safetensors, tokenizer.json
-Diffusers layout (SPEC §2): transformer/, condition_encoder/ (holds null_condition_emb and a
+Diffusers layout (diffusers scripts/convert_ace_step_to_diffusers.py): transformer/, condition_encoder/ (holds null_condition_emb and a
 silence_latent buffer [1, N, 64]), audio_tokenizer/, audio_token_detokenizer/, vae/, text_encoder/,
 tokenizer/tokenizer.json, model_index.json.
 

@@ -16,7 +16,8 @@ def default_layer_types(num_layers: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AceStepConfig:
-    """Fields of the official `config.json` of an ACE-Step v1.5 DiT checkpoint (SPEC §1.1).
+    """Fields of the official `config.json` of an ACE-Step v1.5 DiT checkpoint (`AceStepConfig`,
+    configuration_acestep_v15.py beside ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py).
 
     `hidden_size`/`intermediate_size`/heads describe the DiT; the `encoder_*` fields describe the
     condition encoder, audio tokenizer and detokenizer (see `encoder_view`).
@@ -72,7 +73,8 @@ class AceStepConfig:
         return None
 
     def encoder_view(self) -> "AceStepConfig":
-        """The config the official code builds for encoder/tokenizer/detokenizer (SPEC §1.1).
+        """The config the official code builds for encoder/tokenizer/detokenizer
+        (`AceStepConditionGenerationModel.__init__`'s `encoder_config`).
 
         Only four fields change; `layer_types` and everything else are inherited.
         """
@@ -115,7 +117,7 @@ class AceStepConfig:
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Qwen3-Embedding-0.6B (a plain Qwen3Model; SPEC §1.3), in transformers' config names."""
+    """Qwen3-Embedding-0.6B (a plain `Qwen3Model`, transformers models/qwen3/modeling_qwen3.py), in transformers' config names."""
 
     vocab_size: int = 151669
     hidden_size: int = 1024
@@ -152,7 +154,7 @@ class TextEncoderConfig:
 
 @dataclass(frozen=True)
 class VaeConfig:
-    """AutoencoderOobleck (SPEC §1.9), in diffusers' config names."""
+    """diffusers models/autoencoders/autoencoder_oobleck.py `AutoencoderOobleck`, in its config names."""
 
     encoder_hidden_size: int = 128
     downsampling_ratios: tuple[int, ...] = (2, 4, 4, 6, 10)
@@ -205,7 +207,7 @@ class ModelPreset:
 
 
 def xl_base() -> ModelPreset:
-    """ACE-Step v1.5 XL Base (SPEC §1.1–1.2)."""
+    """ACE-Step v1.5 XL Base (the ACE-Step/acestep-v15-xl-base checkpoint's config)."""
     return ModelPreset(AceStepConfig(), TextEncoderConfig(), VaeConfig())
 
 

@@ -50,7 +50,8 @@ def dit_step(out: Path, frames: int, seq: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="the official XL checkpoint folder (DiT, vae/, Qwen3-Embedding-0.6B/)")
+    ap.add_argument("--checkpoint", required=True,
+                    help="the official XL checkpoint folder (DiT, vae/, Qwen3-Embedding-0.6B/)")
     ap.add_argument("--out-dir", required=True, help="where the bundles go (each is 5-21 GB; removed unless --keep)")
     ap.add_argument("--precisions", nargs="+", default=["fp16", "int8", "int4"])
     ap.add_argument("--step", nargs="*", default=["int8"], help="precisions whose DiT runs one ORT CPU step")

@@ -12,8 +12,9 @@ from .dit import DiT
 
 
 class AceStepModel(nn.Module):
-    """Mirrors the parameters of `AceStepConditionGenerationModel.__init__` (ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py): `decoder.*`, `encoder.*`,
-    `tokenizer.*`, `detokenizer.*`, `null_condition_emb`.
+    """Mirrors the parameters of `AceStepConditionGenerationModel.__init__`
+    (ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py):
+    `decoder.*`, `encoder.*`, `tokenizer.*`, `detokenizer.*`, `null_condition_emb`.
 
     The encoder, tokenizer and detokenizer are built from the encoder view of the config (2048 wide
     for XL) while the decoder is 2560 wide.

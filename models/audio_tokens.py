@@ -1,5 +1,8 @@
-"""Audio tokenizer (attention pooler + FSQ) and detokenizer: 25 Hz latents ↔ 5 Hz codes
-(ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py `AceStepAudioTokenizer`, `AttentionPooler`, `AudioTokenDetokenizer`)."""
+"""Audio tokenizer (attention pooler + FSQ) and detokenizer: 25 Hz latents ↔ 5 Hz codes.
+
+As `AceStepAudioTokenizer`, `AttentionPooler` and `AudioTokenDetokenizer` in
+ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ class FSQ(nn.Module):
 
     That library version (the official requirement) builds its FSQ layers with `preserve_symmetry=True`
     and a hard-clamped bound, after a soft clamp tanh(z/c)·c with c = 1 + 1/(L−1). Older
-    vector-quantize-pytorch versions had an asymmetric `bound`/round; the library code is what the model was trained with, and
-    `tests/test_fsq.py` checks us against it. Runs in fp32 whatever the module dtype, as the official tokenizer forces.
+    vector-quantize-pytorch versions had an asymmetric `bound`/round; the library code is what the
+    model was trained with, and `tests/test_fsq.py` checks us against it. Runs in fp32 whatever the
+    module dtype, as the official tokenizer forces.
     """
 
     def __init__(self, dim: int, levels: tuple[int, ...], num_quantizers: int = 1):

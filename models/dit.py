@@ -1,4 +1,7 @@
-"""The DiT decoder (`AceStepDiTModel` in ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py): patching, dual time embeddings, AdaLN layers, output head."""
+"""The DiT decoder: patching, dual time embeddings, AdaLN layers, output head.
+
+As `AceStepDiTModel` in ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py.
+"""
 
 from __future__ import annotations
 

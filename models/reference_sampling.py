@@ -2,8 +2,8 @@
 
 Own torch maths after ace-step/ACE-Step-1.5 acestep/models/common/apg_guidance.py (`apg_forward`,
 `cfg_forward`, `adg_forward`, `MomentumBuffer`) and `generate_audio`'s loop, never runtime/sampler.py
-(docs/design.md, "One render"), so runtime-vs-reference parity compares two implementations. Guidance runs in float64; the state x,
-the schedule and the Euler update in fp32.
+(docs/design.md, "One render"), so runtime-vs-reference parity compares two implementations.
+Guidance runs in float64; the state x, the schedule and the Euler update in fp32.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Qwen3 text encoder (Qwen3-Embedding-0.6B as a plain `Qwen3Model`, transformers models/qwen3/modeling_qwen3.py) in our own PyTorch."""
+"""Qwen3 text encoder (Qwen3-Embedding-0.6B as a plain `Qwen3Model`) in our own PyTorch.
+
+As transformers models/qwen3/modeling_qwen3.py `Qwen3Model`.
+"""
 
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ def test_finish_audio_fits_anticlips_and_normalises():
 
 
 def _apg_np(vc, vn, g, m, mu=-0.75, thr=2.5):
-    """APG (ace-step/ACE-Step-1.5 acestep/models/common/apg_guidance.py `apg_forward`), written out again in float64 numpy; returns (v, new momentum)."""
+    """APG (ace-step/ACE-Step-1.5 acestep/models/common/apg_guidance.py `apg_forward`), written out again
+    in float64 numpy; returns (v, new momentum)."""
     d = vc - vn
     m = d if m is None else d + mu * m
     d = m.copy()

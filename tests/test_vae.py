@@ -164,7 +164,8 @@ def test_input_validation():
 
 
 def _reference_tiled_decode(vae, latents, chunk, overlap):
-    """Overlap-discard (official `VaeDecodeMixin.tiled_decode`) written with numpy slicing, independent of models/vae.py."""
+    """Overlap-discard (official `VaeDecodeMixin.tiled_decode`) written with numpy slicing, independent of
+    models/vae.py."""
     t, hop = latents.shape[-1], vae.hop_length
     stride = chunk - 2 * overlap
     pieces = []

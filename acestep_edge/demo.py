@@ -10,13 +10,15 @@ import click
 
 from acestep_edge import DEMO_BUNDLE, DEMO_REQUEST
 from acestep_edge.runtime.cli import common_options, run_and_print
+from acestep_edge.runtime.vocab import MAX_SECONDS, MIN_SECONDS
 
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="demo-output", show_default=True,
               help="Folder for the rendered file.")
 @click.option("--steps", type=click.IntRange(1, 200), default=None, help="Override the request's steps.")
-@click.option("--duration", type=click.FloatRange(10, 600), default=None, help="Override the request's duration.")
+@click.option("--duration", type=click.FloatRange(MIN_SECONDS, MAX_SECONDS), default=None,
+              help="Override the request's duration.")
 @common_options
 def demo_command(out, steps, duration, provider, threads, progress):
     """Render a shipped example request on the committed tiny bundle.

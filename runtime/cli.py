@@ -20,6 +20,7 @@ from .progress import Progress
 from .request import RequestError, parse_requests
 from .request_files import resolve_sources
 from .response import error_response
+from .wire import parse_body
 
 EXIT_BAD_REQUEST, EXIT_FAILED = 2, 1
 
@@ -94,14 +95,10 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
     """
     from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError("request", f"request: not valid JSON ({exc.msg} at line {exc.lineno})",
-                           "invalidJSON") from exc
-    resolve_sources(data, base or Path.cwd(), from_stdin)
-    apply_out_format(data, out)
-    requests = parse_requests(data)
+    items = parse_body(text)
+    resolve_sources(items, base or Path.cwd(), from_stdin)
+    apply_out_format(items, out)
+    requests = parse_requests(items)
     check_out_format(requests, out)
     uuids = [r.task_uuid for r in requests]
     renders = sum(r.number_results for r in requests)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,6 +21,8 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")
 # The graphs a text2music render runs; editing tasks add vae_encoder and the audio tokenizers.
 TEXT2MUSIC_GRAPHS = ("text_encoder", "condition_encoder", "dit", "vae_decoder")
 _DEMO_GENERATOR = "acestep_edge.export.demo_bundle"
+# A progress listener: (stage, done, total), stage a graph name ("dit", "vae_decoder", ...) or "write".
+Stages = Callable[[str, int, int], None]
 
 
 class BundleError(RuntimeError):
@@ -118,6 +121,7 @@ class Bundle:
         self.options = options or SessionOptions()
         self.manifest = read_manifest(self.path)
         self._sessions: dict[str, Any] = {}
+        self._observer: Stages | None = None
         self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
         self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
         self._check_files()  # small files only: a graph's files are checked when it is first needed
@@ -256,7 +260,22 @@ class Bundle:
         return {name: graphs.get(name, {}).get("precision", "fp32") for name in self._sessions}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session(name).run(None, feeds)
+        observer = self._observer
+        if observer is not None:
+            observer(name, 0, 1)
+        out = self.session(name).run(None, feeds)
+        if observer is not None:
+            observer(name, 1, 1)
+        return out
+
+    @contextlib.contextmanager
+    def observing(self, stages: Stages | None):
+        """Report each graph run to `stages` for the duration (the encoders of one request's conditioning)."""
+        previous, self._observer = self._observer, stages
+        try:
+            yield
+        finally:
+            self._observer = previous
 
     def preferred_provider_active(self) -> bool:
         want = ORT_NAMES[self.options.provider]

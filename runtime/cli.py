@@ -122,7 +122,7 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
     for request, row in zip(requests, plan.results):
         report = Progress(progress, label=request.task_uuid[:8])
         try:
-            results = pipeline.generate_all(request, noise=noise, progress=lambda i, n: report("dit", i, n))
+            results = pipeline.generate_all(request, noise=noise, stages=report)
             for k, (result, (audio_uuid, path)) in enumerate(zip(results, row)):
                 report("write", k, len(results))
                 responses.append(deliver(request, result, path, audio_uuid=audio_uuid, save_latents=save_latents))

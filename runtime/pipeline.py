@@ -16,7 +16,7 @@ import numpy as np
 
 from . import noise as noise_sources
 from . import sampler, source_audio
-from .bundle import Bundle, SessionOptions
+from .bundle import Bundle, SessionOptions, Stages
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
 from .device import DeviceOptions
 from .edits import Cover, Edit, Repaint, SourceEdit
@@ -95,18 +95,23 @@ class Pipeline:
 
     # -- rendering ----------------------------------------------------------------------------
     def start(self, request: Request | dict, noise: np.ndarray | None = None, index: int = 0,
-              conditioning: Conditioning | None = None) -> "Render":
-        """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
+              conditioning: Conditioning | None = None, stages: Stages | None = None) -> "Render":
+        """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`.
+
+        `stages(stage, done, total)` hears every stage: each encoder graph, the DiT steps, the VAE chunks.
+        """
         request = request if isinstance(request, Request) else parse_request(request)
         self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
         seed = request.seed if request.seed is not None else sampler.draw_seed()
-        cond = conditioning or self.condition(request, seed)
-        return Render(self, request, cond, seed + index, noise)
+        if conditioning is None:
+            with self.bundle.observing(stages):
+                conditioning = self.condition(request, seed)
+        return Render(self, request, conditioning, seed + index, noise, stages)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel=None, index: int = 0,
-                 conditioning: Conditioning | None = None) -> GenerationResult:
-        render = self.start(request, noise, index, conditioning)
+                 conditioning: Conditioning | None = None, stages: Stages | None = None) -> GenerationResult:
+        render = self.start(request, noise, index, conditioning, stages)
         for step in render:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("render cancelled; nothing was written")
@@ -115,12 +120,14 @@ class Pipeline:
         return render.result()
 
     def generate_all(self, request: Request | dict, noise: np.ndarray | None = None,
-                     progress: Callable[[int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
+                     progress: Callable[[int, int], None] | None = None, cancel=None,
+                     stages: Stages | None = None) -> list[GenerationResult]:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
         self.noise_source(request)
-        cond = self.condition(request)
-        return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
+        with self.bundle.observing(stages):
+            cond = self.condition(request)
+        return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond, stages)
                 for i in range(request.number_results)]

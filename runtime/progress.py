@@ -7,8 +7,12 @@ import time
 
 MODES = ("auto", "bar", "plain", "none")
 # Stage names the pipeline reports, as a person reads them.
-LABELS = {"text_encoder": "text encoder", "condition_encoder": "condition encoder", "vae_encoder": "source encode",
-          "dit": "DiT steps", "vae_decoder": "VAE decode", "write": "write"}
+LABELS = {"text_encoder": "text encoder", "condition_encoder": "condition encoder", "vae_encoder": "VAE encode",
+          "audio_tokenizer": "audio tokenizer", "audio_detokenizer": "audio detokenizer", "dit": "DiT steps",
+          "vae_decoder": "VAE decode", "write": "write"}
+# Stages that repeat within one result (each result has its own DiT loop, decode and write); the
+# encoders run once per request, however often conditioning calls them (null branch, cover switch).
+PER_RESULT = ("dit", "vae_decoder", "write")
 UNITS = {"dit": "step", "vae_decoder": "chunk", "vae_encoder": "window", "write": "file"}
 _WIDTH = 30
 
@@ -24,12 +28,16 @@ class Progress:
             raise ValueError(f"progress must be one of {', '.join(MODES)} (got {mode!r})")
         self.mode, self.label = mode, label
         self.stage: str | None = None
+        self.seen: set[str] = set()
         self.started = time.perf_counter()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.mode == "none":
             return
-        new = stage != self.stage
+        new = stage != self.stage and (stage in PER_RESULT or stage not in self.seen)
+        if stage != self.stage and not new:  # an encoder run again: already shown
+            return
+        self.seen.add(stage)
         if new:
             self._end_bar()
             self.stage, self.started = stage, time.perf_counter()

@@ -116,7 +116,7 @@ def tiny_fp32_bundle(tiny_official, tmp_path_factory) -> Path:
     from acestep_edge.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("tiny_fp32") / "bundle"
-    return export_bundle(tiny_official, out, layout="official", parity=True)
+    return export_bundle(tiny_official, out, layout="official", ops="standard", parity=True)
 
 
 def rel_err(ours, theirs) -> float:

@@ -152,9 +152,16 @@ def test_fix_hint_retargets_the_export_command_at_the_folder_given(tmp_path):
 # 5. progress for every stage ------------------------------------------------------------------
 
 def test_plain_progress_prints_one_line_per_stage(tmp_path):
-    code, _, stderr = generate(request(steps=3), "--out", tmp_path / "p.wav", cwd=tmp_path)
-    lines = [line for line in stderr.splitlines() if line.startswith(UUID[:8])]
-    assert code == 0 and lines == [f"{UUID[:8]}: DiT steps (3 steps)", f"{UUID[:8]}: write"]
+    """Every stage, in order: the encoders, the DiT steps, the VAE chunks (30 s = 750 frames: two chunks of
+    at most 512), the write; a second result repeats its own DiT, decode and write."""
+    code, _, stderr = generate(request(steps=3, duration=30), "--out", tmp_path / "p.wav", cwd=tmp_path)
+    lines = [line.removeprefix(f"{UUID[:8]}: ") for line in stderr.splitlines() if line.startswith(UUID[:8])]
+    assert code == 0 and lines == ["text encoder", "condition encoder", "DiT steps (3 steps)",
+                                   "VAE decode (2 chunks)", "write"]
+    code, _, stderr = generate(request(steps=2, numberResults=2), "--out", tmp_path / "q.wav", cwd=tmp_path)
+    lines = [line.removeprefix(f"{UUID[:8]}: ") for line in stderr.splitlines() if line.startswith(UUID[:8])]
+    assert code == 0 and lines == ["text encoder", "condition encoder", "DiT steps (2 steps)", "VAE decode",
+                                   "DiT steps (2 steps)", "VAE decode", "write (2 files)"]
 
 
 def test_progress_none_is_silent_and_bar_redraws_one_line_per_stage(tmp_path):
@@ -164,12 +171,16 @@ def test_progress_none_is_silent_and_bar_redraws_one_line_per_stage(tmp_path):
     assert result.exit_code == 0 and result.stderr == ""
     stream = io.StringIO()
     bar = Progress("bar", label="job", stream=stream)
-    for i in range(1, 4):
+    for name in ("text_encoder", "condition_encoder", "text_encoder"):  # an encoder run again is not redrawn
+        bar(name, 0, 1)
+        bar(name, 1, 1)
+    for i in range(4):
         bar("dit", i, 3)
     bar("write", 1, 1)
     bar.close()
     text = stream.getvalue()
-    assert text.count("\n") == 2 and text.count("\r") == 4 and "3/3" in text and "[" + "#" * 30 + "]" in text
+    assert text.count("\n") == 4 and text.count("\r") == 9 and "3/3" in text and "[" + "#" * 30 + "]" in text
+    assert text.count("text encoder") == 2  # its 0/1 and 1/1 frames, once
 
 
 # 6. the demo ------------------------------------------------------------------------------------

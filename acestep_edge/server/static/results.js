@@ -31,6 +31,8 @@ export async function addResult(item, record, hooks) {
   // The result starts where an outpainting window starts (before the source when negative).
   const offset = win ? Math.min(0, win.start) : 0;
   const name = item.audioURL.split("/").pop();
+  const beats = { 2: 2, 3: 3, 4: 4, 6: 6 }[s.timeSignature];
+  const grid = typeof s.bpm === "number" && beats ? { bpm: s.bpm, beats } : null; // bars on the ruler too
 
   const resAudio = el("audio", { controls: true, preload: "metadata", src: item.audioURL });
   const link = el("a", { href: item.audioURL, download: name, textContent: "download" });
@@ -62,6 +64,7 @@ export async function addResult(item, record, hooks) {
     srcLine = new Timeline(srcCanvas, { height: 90 });
     srcLine.setAudio(src.mono, src.rate, 0);
     srcLine.window = win;
+    srcLine.grid = grid;
     const players = { A: srcAudio, B: resAudio }, offs = { A: 0, B: offset };
     let active = "B";
     ab.addEventListener("click", () => {
@@ -91,6 +94,7 @@ export async function addResult(item, record, hooks) {
     const res = await decodeURL(item.audioURL);
     resLine.setAudio(res.mono, res.rate, offset);
     resLine.window = win;
+    resLine.grid = grid;
     if (srcLine) {
       const view = [Math.min(0, offset), Math.max(src.seconds, offset + res.seconds)];
       srcLine.fit(view); resLine.fit(view);

@@ -90,7 +90,7 @@ function update() {
   document.querySelectorAll("[data-tasks]").forEach((el) => { el.hidden = !shows(el, t); });
   $("task-help").textContent = HELP[t];
   const windowed = (state.config ? state.config.windowTasks : ["repaint", "lego"]).includes(t);
-  timeline.active = windowed;
+  if (timeline.active !== windowed) { timeline.active = windowed; timeline.window = windowed ? readWindow() : null; timeline.fit(); }
   timeline.setWindow(windowed ? readWindow() : null);
   timeline.setGrid(Number(value("bpm")) || null, TIMESIG_BEATS[$("timesig").value] || null);
   $("request-json").textContent = JSON.stringify(buildTask(), shorten, 2);

@@ -65,7 +65,7 @@ export class Timeline {
   fit(view) {
     if (view) { this.view = view; this.draw(); return; }
     const [a, b] = this.extent;
-    const margin = this.editable ? Math.max(2, (b - a) / 3) : 0;
+    const margin = this.editable && this.active ? Math.max(2, (b - a) / 3) : 0;
     const lo = Math.min(a, this.window ? this.window.start : a) - margin;
     const hi = Math.max(b, this.window ? this.window.end : b) + margin;
     this.view = [Math.max(-600, snap(lo)), Math.min(1200, snap(hi))];
@@ -155,12 +155,12 @@ export class Timeline {
     }
     g.stroke();
     if (!this.grid) return;
-    // Bars: `beats` beats of 60/bpm s each, bar 1 starting at 0 s of the source.
+    // Bars: `beats` beats of 60/bpm s each, bar 1 starting at 0 s of the source (axis time 0).
     const bar = (this.grid.beats * 60) / this.grid.bpm;
     const every = [1, 2, 4, 8, 16, 32, 64].find((n) => n * bar * pxPerS >= 28) || 128;
     g.fillStyle = css("--accent"); g.strokeStyle = css("--accent"); g.beginPath();
-    for (let n = Math.ceil((a - this.extent[0]) / bar); this.extent[0] + n * bar <= b; n++) {
-      const x = Math.round(this.x(this.extent[0] + n * bar)) + 0.5;
+    for (let n = Math.ceil(a / bar); n * bar <= b; n++) {
+      const x = Math.round(this.x(n * bar)) + 0.5;
       g.moveTo(x, 20); g.lineTo(x, n % every ? 24 : RULER);
       if (n % every === 0) g.fillText(String(n >= 0 ? n + 1 : n), x + 2, 28);
     }

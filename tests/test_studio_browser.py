@@ -259,7 +259,14 @@ def test_extract_with_a_track_name(page, clips):
     _upload(page, "source-file", clips["source"], "source-info")
     Select(page.find_element("id", "track")).select_by_value("drums")
     _common(page, seed=13)
+    # The noise source (settings.noise): the GPU field appears for torch-cuda only.
+    noise = Select(page.find_element("id", "noise"))
+    noise.select_by_value("torch-cuda")
+    assert _shown(page, "noisegpu")
+    noise.select_by_value("torch-cpu")
+    assert not _shown(page, "noisegpu")
     request = _request(page)
+    assert request["settings"]["noise"] == "torch-cpu" and "noiseGpu" not in request["settings"]
     assert request["settings"]["trackName"] == "drums" and request["settings"]["task"] == "extract"
     assert "repaintingStart" not in request["settings"]
     result = _render(page)

@@ -76,6 +76,8 @@ function buildTask() {
   if (classes.length && t === "complete") s.trackClasses = classes;
   put(s, "coverConditioningScale", "coverscale");
   if (reference.audio) s.referenceAudio = reference.audio.dataURI;
+  if ($("noise").value) s.noise = $("noise").value;
+  if (s.noise === "torch-cuda") put(s, "noiseGpu", "noisegpu");
   req.settings = s;
   return req;
 }
@@ -89,6 +91,7 @@ function update() {
   const t = task();
   document.querySelectorAll("[data-tasks]").forEach((el) => { el.hidden = !shows(el, t); });
   $("task-help").textContent = HELP[t];
+  $("noisegpu-field").hidden = $("noise").value !== "torch-cuda"; // the GPU shapes the torch-cuda draw only
   const windowed = (state.config ? state.config.windowTasks : ["repaint", "lego"]).includes(t);
   if (timeline.active !== windowed) { timeline.active = windowed; timeline.window = windowed ? readWindow() : null; timeline.fit(); }
   timeline.setWindow(windowed ? readWindow() : null);
@@ -259,7 +262,7 @@ const FIELDS = { positivePrompt: "prompt", duration: "duration", steps: "steps",
   outputFormat: "format" };
 const SETTINGS = { lyrics: "lyrics", bpm: "bpm", keyScale: "key", timeSignature: "timesig", vocalLanguage: "language",
   guidanceType: "guidance", repaintingStart: "wstart", repaintingEnd: "wend", repaintMode: "mode", trackName: "track",
-  coverConditioningScale: "coverscale" };
+  coverConditioningScale: "coverscale", noise: "noise", noiseGpu: "noisegpu" };
 
 const hooks = {
   loadParams(record, seed) {
@@ -336,6 +339,10 @@ async function start() {
     l.append(c, " " + n.replace("_", " "));
     return l;
   }));
+  // The noise source (settings.noise), where this server's runtime has one.
+  for (const n of (state.config && state.config.noiseSources) || []) $("noise").append(new Option(n, n));
+  for (const g of (state.config && state.config.gpuPresets) || []) $("gpu-presets").append(new Option(g));
+  $("noise-field").hidden = !(state.config && state.config.noiseSources);
   $("form").addEventListener("submit", render);
   $("form").addEventListener("input", update);
   $("form").addEventListener("change", update);

@@ -377,9 +377,33 @@ def test_remix_from_a_result(page, server):
     assert request["inputs"]["audio"] == "data:audio/wav;base64," + base64.b64encode(result_bytes).decode()
 
 
+DROP_WAV = """
+// A 1-s 440 Hz mono 16-bit WAV built in the page, dropped on the reference box as a file would be.
+const rate = 48000, n = rate, view = new DataView(new ArrayBuffer(44 + 2 * n));
+const text = (o, s) => [...s].forEach((c, i) => view.setUint8(o + i, c.charCodeAt(0)));
+text(0, 'RIFF'); view.setUint32(4, 36 + 2 * n, true); text(8, 'WAVEfmt '); view.setUint32(16, 16, true);
+view.setUint16(20, 1, true); view.setUint16(22, 1, true); view.setUint32(24, rate, true);
+view.setUint32(28, 2 * rate, true); view.setUint16(32, 2, true); view.setUint16(34, 16, true);
+text(36, 'data'); view.setUint32(40, 2 * n, true);
+for (let i = 0; i < n; i++) view.setInt16(44 + 2 * i, 8000 * Math.sin(2 * Math.PI * 440 * i / rate), true);
+const drop = new DataTransfer();
+drop.items.add(new File([view.buffer], 'dropped.wav', {type: 'audio/wav'}));
+document.getElementById('ref-box').dispatchEvent(new DragEvent('drop', {dataTransfer: drop, bubbles: true, cancelable: true}));
+"""
+
+
+def test_a_file_dropped_on_the_reference_box(page):
+    page.execute_script(DROP_WAV)
+    WebDriverWait(page, 30).until(lambda d: d.find_element("id", "ref-info").text.startswith("dropped.wav · "))
+    assert "1.00 s" in page.find_element("id", "ref-info").text
+    assert _request(page)["settings"]["referenceAudio"].startswith("data:audio/wav;base64,UklGR")
+
+
 def test_readable_at_1280_and_narrow(page):
     for width in (1280, 420):
         page.set_window_size(width, 800)
         page.execute_async_script("setTimeout(arguments[0], 200)")
         assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        if os.environ.get("ACESTEP_EDGE_SCREENSHOTS"):
+            page.save_screenshot(str(Path(os.environ["ACESTEP_EDGE_SCREENSHOTS"]) / f".viewport-{width}.png"))
     page.set_window_size(1280, 800)

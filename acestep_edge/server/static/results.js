@@ -84,6 +84,7 @@ export async function addResult(item, record, hooks) {
   li.append(spec, player, meta);
   if (item.warnings && item.warnings.length) li.append(el("div", { className: "meta warn", textContent: item.warnings.join(" · ") }));
   document.getElementById("results-list").prepend(li);
+  if (!record.shown) { record.shown = true; li.scrollIntoView({ block: "nearest" }); } // a render's first result
 
   const resLine = new Timeline(resCanvas, { height: src ? 90 : 110 });
   resAudio.addEventListener("timeupdate", () => {

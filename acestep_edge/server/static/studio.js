@@ -16,7 +16,9 @@ const HELP = {
   complete: "Add the chosen tracks to the source.",
 };
 const TIMESIG_BEATS = { 2: 2, 3: 3, 4: 4, 6: 6 };
-const state = { config: null, nextUUID: uuid4(), current: null, localErrors: {}, checkTimer: null, checkSeq: 0 };
+// `touched`: fields edited so far; the live check marks only those (a fresh form is not all red).
+const state = { config: null, nextUUID: uuid4(), current: null, localErrors: {}, checkTimer: null, checkSeq: 0,
+  touched: new Set(), all: false };
 
 function uuid4() {
   // crypto.randomUUID needs a secure context; getRandomValues works on plain http too.
@@ -101,12 +103,13 @@ function update() {
 }
 
 // -- errors next to the field they name ------------------------------------------------------------
-function showErrors(errors) {
+function showErrors(errors, live = false) {
   document.querySelectorAll("[data-param] .err").forEach((e) => { e.textContent = ""; });
   document.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
   const loose = [];
-  const all = [...Object.entries(state.localErrors).map(([parameter, message]) => ({ parameter, message })), ...errors];
-  for (const e of all) {
+  const own = Object.entries(state.localErrors).map(([parameter, message]) => ({ parameter, message, own: true }));
+  for (const e of [...own, ...errors]) {
+    if (live && !e.own && !state.all && e.parameter && !state.touched.has(e.parameter)) continue;
     const box = e.parameter && document.querySelector(`[data-param="${e.parameter}"]`);
     if (!box || box.closest("[hidden]")) { loose.push(e.message); continue; }
     box.querySelector(".err").textContent = e.message;
@@ -118,7 +121,7 @@ function showErrors(errors) {
 
 function localError(param, message) {
   if (message) state.localErrors[param] = message; else delete state.localErrors[param];
-  showErrors(state.lastCheck || []);
+  showErrors(state.lastCheck || [], true);
 }
 
 function scheduleCheck() {
@@ -138,7 +141,7 @@ async function check() {
     const body = await r.json();
     if (seq !== state.checkSeq) return;
     state.lastCheck = body.errors || [];
-    const loose = showErrors(state.lastCheck);
+    const loose = showErrors(state.lastCheck, true);
     if (!state.current) setStatus(loose.join("; "), loose.length > 0);
   } catch (err) { /* the server is away: the render will say so */ }
 }
@@ -230,6 +233,7 @@ function onEvent(name, data, record) {
 
 async function render(event) {
   event.preventDefault();
+  state.all = true; // from the first render on, every field's error shows
   const sent = buildTask();
   const record = { task: sent, source: source.audio, reference: reference.audio, window: readWindow() };
   $("render").disabled = true; $("progress").value = 0; setStatus("sending…");
@@ -344,6 +348,9 @@ async function start() {
   for (const g of (state.config && state.config.gpuPresets) || []) $("gpu-presets").append(new Option(g));
   $("noise-field").hidden = !(state.config && state.config.noiseSources);
   $("form").addEventListener("submit", render);
+  const touch = (e) => { const box = e.target.closest("[data-param]"); if (box) state.touched.add(box.dataset.param); };
+  $("form").addEventListener("input", touch, true);
+  $("form").addEventListener("change", touch, true);
   $("form").addEventListener("input", update);
   $("form").addEventListener("change", update);
   $("cancel").addEventListener("click", cancel);

@@ -214,6 +214,8 @@ def test_repaint_window_dragged_on_the_waveform_renders_the_cli_bytes(page, serv
     parse_request(request)  # the runtime's validator takes the page's JSON as it is
     shown = page.find_element("id", "request-json").text
     assert '"repaintingStart": 2' in shown and "data URI" in shown  # the JSON is on the page, audio shortened
+    page.find_element("id", "copy").click()
+    WebDriverWait(page, 10).until(lambda d: d.find_element("id", "copy").text == "copied")
 
     result = _render(page)
     assert abs(result["seconds"] - 12.0) < 0.01 and abs(result["duration"] - 12.0) < 0.01, result

@@ -288,7 +288,6 @@ const hooks = {
     update();
     $("source-box").scrollIntoView({ block: "nearest" });
   },
-  source: () => source.audio,
 };
 
 // -- page furniture --------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ def test_config_reports_the_body_limit_and_the_validators_names(server):
     assert body["maxBodyBytes"] == 3 * 2**20
     assert body["tasks"] == list(rules.TASKS) and body["trackNames"] == list(rules.TRACK_NAMES)
     assert body["windowTasks"] == list(rules.WINDOW_TASKS) and body["repaintModes"] == list(rules.REPAINT_MODES)
+    status, _, _ = server.request("GET", "/v1/loras", headers=AUTH)
+    assert body["adapters"] == (status == 200)  # the page asks for adapters only where the route exists
 
 
 @pytest.mark.parametrize("change", BAD, ids=range(len(BAD)))

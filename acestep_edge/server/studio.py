@@ -51,7 +51,9 @@ def studio_routes(max_body_bytes: int, check_paths: Callable[[object], None],
     """GET /studio/config and POST /studio/check (one task object → {"errors": [...]}, nothing rendered)."""
 
     async def config(request: HTTPRequest) -> Response:
-        return JSONResponse(studio_config(max_body_bytes))
+        # The page asks GET /v1/loras only where this app has that route, so it never logs a 404.
+        adapters = any(getattr(r, "path", None) == "/v1/loras" for r in request.app.routes)
+        return JSONResponse({**studio_config(max_body_bytes), "adapters": adapters})
 
     async def check(request: HTTPRequest) -> Response:
         denied = require_key(request)

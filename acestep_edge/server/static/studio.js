@@ -81,6 +81,9 @@ function buildTask() {
   if ($("noise").value) s.noise = $("noise").value;
   if (s.noise === "torch-cuda") put(s, "noiseGpu", "noisegpu");
   req.settings = s;
+  const lora = [...document.querySelectorAll("#loras .lora")].filter((row) => row.querySelector("input[type=checkbox]").checked)
+    .map((row) => ({ model: row.dataset.name, weight: value(row.querySelector(".weight").id) ?? 1 }));
+  if (lora.length) req.lora = lora;
   return req;
 }
 
@@ -110,7 +113,9 @@ function showErrors(errors, live = false) {
   const own = Object.entries(state.localErrors).map(([parameter, message]) => ({ parameter, message, own: true }));
   for (const e of [...own, ...errors]) {
     if (live && !e.own && !state.all && e.parameter && !state.touched.has(e.parameter)) continue;
-    const box = e.parameter && document.querySelector(`[data-param="${e.parameter}"]`);
+    // "lora[1].weight" has no field of its own: its list's box (the part before the first "[" or ".").
+    const find = (p) => p && document.querySelector(`[data-param="${p}"]`);
+    const box = find(e.parameter) || find(e.parameter && e.parameter.split(/[[.]/)[0]);
     if (!box || box.closest("[hidden]")) { loose.push(e.message); continue; }
     box.querySelector(".err").textContent = e.message;
     const input = box.querySelector("input, select, textarea, canvas");
@@ -277,6 +282,11 @@ const hooks = {
     if (!t.duration) $("duration").value = "30";
     $("seed").value = seed; $("results").value = "1"; // one result: the seed names exactly this one
     document.querySelectorAll("#classes input").forEach((c) => { c.checked = (s.trackClasses || []).includes(c.value); });
+    const lora = Object.fromEntries((t.lora || []).map((a) => [a.model, a.weight]));
+    document.querySelectorAll("#loras .lora").forEach((row) => {
+      row.querySelector("input[type=checkbox]").checked = row.dataset.name in lora;
+      row.querySelector(".weight").value = lora[row.dataset.name] ?? 1;
+    });
     reference.set(record.reference || null);
     source.set(record.source || null);
     setStatus(`loaded the settings of seed ${seed}`);
@@ -332,6 +342,29 @@ async function copyRequest() {
   $("copy").textContent = "copied"; setTimeout(() => { $("copy").textContent = "copy as request"; }, 1500);
 }
 
+async function loadAdapters() {
+  // The adapter picker, where this server lists adapters (GET /v1/loras, its --lora-dir).
+  let list = [];
+  if (!state.config || !state.config.adapters) { $("lora-box").hidden = true; return; }
+  try {
+    const r = await fetch("/v1/loras", { headers: headers(false) });
+    if (r.ok) list = (await r.json()).data || [];
+  } catch (err) { list = []; }
+  $("lora-box").hidden = list.length === 0;
+  $("loras").replaceChildren(...list.map((a, i) => {
+    const row = Object.assign(document.createElement("div"), { className: "lora" });
+    row.dataset.name = a.name;
+    const box = Object.assign(document.createElement("input"), { type: "checkbox", disabled: a.kind.includes("refused") });
+    const label = document.createElement("label");
+    label.append(box, ` ${a.name} `, Object.assign(document.createElement("span"), { className: "muted", textContent: a.kind }));
+    const weight = Object.assign(document.createElement("input"), { id: `lora-weight-${i}`, className: "weight", value: "1",
+      inputMode: "decimal" });
+    weight.setAttribute("aria-label", `weight of ${a.name}`);
+    row.append(label, weight);
+    return row;
+  }));
+}
+
 async function start() {
   try { state.config = await (await fetch("/studio/config")).json(); } catch (err) { state.config = null; }
   const names = state.config ? state.config.trackNames : [];
@@ -346,6 +379,7 @@ async function start() {
   for (const n of (state.config && state.config.noiseSources) || []) $("noise").append(new Option(n, n));
   for (const g of (state.config && state.config.gpuPresets) || []) $("gpu-presets").append(new Option(g));
   $("noise-field").hidden = !(state.config && state.config.noiseSources);
+  await loadAdapters();
   $("form").addEventListener("submit", render);
   const touch = (e) => { const box = e.target.closest("[data-param]"); if (box) state.touched.add(box.dataset.param); };
   $("form").addEventListener("input", touch, true);

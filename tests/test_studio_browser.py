@@ -401,6 +401,16 @@ def test_a_file_dropped_on_the_reference_box(page):
     assert _request(page)["settings"]["referenceAudio"].startswith("data:audio/wav;base64,UklGR")
 
 
+def test_task_selector_from_the_keyboard(page):
+    _task(page, "text2music")  # the click leaves the focus on the radio group
+    for _ in range(2):
+        page.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    assert page.execute_script("return document.querySelector('input[name=task]:checked').value") == "repaint"
+    assert _shown(page, "source-box") and not _shown(page, "duration")
+    page.switch_to.active_element.send_keys(Keys.TAB)  # on to the source's file picker
+    assert page.switch_to.active_element.get_attribute("id") == "source-file"
+
+
 def test_readable_at_1280_and_narrow(page):
     for width in (1280, 420):
         page.set_window_size(width, 800)

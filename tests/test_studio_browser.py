@@ -133,6 +133,9 @@ def _drag(driver, t0: float, t1: float) -> None:
     width = driver.execute_script("return arguments[0].clientWidth", canvas)
     assert v0 < min(t0, t1) and max(t0, t1) < v1, (v0, v1)
     x = [round((t - v0) / (v1 - v0) * width - width / 2) for t in (t0, t1)]  # offsets from the centre
+    if t0 == t1:
+        ActionChains(driver).move_to_element_with_offset(canvas, x[0], 0).click().perform()
+        return
     ActionChains(driver).move_to_element_with_offset(canvas, x[0], 0).click_and_hold() \
         .move_by_offset((x[1] - x[0]) // 2, 0).move_by_offset(x[1] - x[0] - (x[1] - x[0]) // 2, 0).release().perform()
 
@@ -205,6 +208,9 @@ def test_repaint_window_dragged_on_the_waveform_renders_the_cli_bytes(page, serv
     _drag(page, 2.0, 6.5)
     assert page.find_element("id", "wstart").get_attribute("value") == "2.0"
     assert page.find_element("id", "wend").get_attribute("value") == "6.5"
+    _drag(page, 9.0, 9.0)  # a click keeps the window and moves the source's playhead there
+    assert page.find_element("id", "wstart").get_attribute("value") == "2.0"
+    assert abs(page.execute_script("return document.getElementById('source-audio').currentTime") - 9.0) < 0.05
     _common(page, seed=11)
     _settle(page)
     request = _request(page)

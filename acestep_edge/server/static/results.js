@@ -51,6 +51,7 @@ export async function addResult(item, record, hooks) {
   li.dataset.seed = item.seed; li.dataset.task = taskName;
 
   let srcLine = null;
+  let seek = (t) => { resAudio.currentTime = Math.max(0, t - offset); }; // a click on a lane moves the player
   if (src) {
     const srcCanvas = el("canvas", { className: "timeline", ariaLabel: "source waveform" });
     const srcAudio = el("audio", { controls: true, preload: "metadata", src: src.url, hidden: true });
@@ -77,6 +78,8 @@ export async function addResult(item, record, hooks) {
       ab.textContent = other === "A" ? "A/B: hearing A (source)" : "A/B: hearing B (result)";
       ab.setAttribute("aria-pressed", String(other === "A"));
     });
+    seek = (t) => { players[active].currentTime = Math.max(0, t - offs[active]); };
+    srcCanvas.addEventListener("click", (e) => seek(srcLine.t(e.offsetX)));
     srcAudio.addEventListener("timeupdate", () => { srcLine.setPlayhead(srcAudio.currentTime); resLine.setPlayhead(srcAudio.currentTime); });
   } else {
     li.append(resCanvas);
@@ -87,6 +90,7 @@ export async function addResult(item, record, hooks) {
   if (!record.shown) { record.shown = true; li.scrollIntoView({ block: "nearest" }); } // a render's first result
 
   const resLine = new Timeline(resCanvas, { height: src ? 90 : 110 });
+  resCanvas.addEventListener("click", (e) => seek(resLine.t(e.offsetX)));
   resAudio.addEventListener("timeupdate", () => {
     const t = resAudio.currentTime + offset;
     resLine.setPlayhead(t); if (srcLine) srcLine.setPlayhead(t);

@@ -159,6 +159,7 @@ const baseBytes = () => { const t = buildTask(); delete (t.inputs || {}).audio; 
 const timeline = new Timeline($("wave"), {
   editable: true,
   onInput: (a, b) => { $("wstart").value = fmt(a); $("wend").value = fmt(b); },
+  onSeek: (t) => { const a = $("source-audio"); a.currentTime = Math.max(0, Math.min(t, a.duration || 0)); },
   onChange: (a, b) => {
     $("wstart").value = a === null ? "" : fmt(a); $("wend").value = b === null ? "" : fmt(b);
     timeline.fit(); update();

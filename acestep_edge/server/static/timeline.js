@@ -41,8 +41,8 @@ export function monoOf(buffer) {
 
 export class Timeline {
   /** `editable`: the window can be drawn and dragged; `onChange(start, end)` fires when a drag ends. */
-  constructor(canvas, { editable = false, onChange = null, onInput = null, height = 150 } = {}) {
-    this.canvas = canvas; this.editable = editable; this.onChange = onChange; this.onInput = onInput;
+  constructor(canvas, { editable = false, onChange = null, onInput = null, onSeek = null, height = 150 } = {}) {
+    this.canvas = canvas; this.editable = editable; this.onChange = onChange; this.onInput = onInput; this.onSeek = onSeek;
     this.height = height;
     this.audio = null;          // {mono, rate, seconds, offset}: the audio starts at `offset` s on the axis
     this.extent = [0, 0];       // the source's span on the axis (outside it is outpainting)
@@ -171,7 +171,8 @@ export class Timeline {
   _listen() {
     const c = this.canvas;
     c.addEventListener("pointerdown", (e) => {
-      if (!this.audio || !this.active || e.button !== 0) return;
+      if (!this.audio || e.button !== 0) return;
+      if (!this.active) { if (this.onSeek) this.onSeek(this.t(e.offsetX)); return; } // no window here: seek only
       c.setPointerCapture(e.pointerId);
       const x = e.offsetX, t = this.t(x), w = this.window;
       let mode = "new";
@@ -199,8 +200,15 @@ export class Timeline {
     });
     const finish = () => {
       if (!this.drag) return;
+      const d = this.drag;
       this.drag = null;
-      if (this.window && this.window.end - this.window.start < SNAP / 2) this.window = null; // a click, not a drag
+      if (this.window && this.window.end - this.window.start < SNAP / 2) {
+        // A click, not a drag: keep the window and move the playhead there instead.
+        this.window = d.orig;
+        this.draw();
+        if (this.onSeek) this.onSeek(d.t0);
+        return;
+      }
       if (this.onChange) this.onChange(this.window ? this.window.start : null, this.window ? this.window.end : null);
     };
     c.addEventListener("pointerup", finish);

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from acestep_edge.runtime import request as rules
+from acestep_edge.runtime import vocab as rules
 from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from serverutil import DEMO_BUNDLE, LiveServer, task

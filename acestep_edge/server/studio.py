@@ -9,7 +9,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from acestep_edge.runtime import noise
+from acestep_edge.runtime import noise, vocab
 from acestep_edge.runtime import request as rules
 from acestep_edge.runtime.audio_io import FORMATS
 from acestep_edge.runtime.request import RequestError, parse_request
@@ -22,10 +22,10 @@ def studio_config(max_body_bytes: int) -> dict:
     """What the page needs to build a task: the body limit (to refuse large files before upload) and the names."""
     return {
         "maxBodyBytes": max_body_bytes,
-        "model": rules.MODEL_ID,
-        "tasks": list(rules.TASKS), "sourceTasks": list(rules.SOURCE_TASKS), "windowTasks": list(rules.WINDOW_TASKS),
-        "trackNames": list(rules.TRACK_NAMES), "repaintModes": list(rules.REPAINT_MODES),
-        "languages": list(rules.VALID_LANGUAGES), "guidanceTypes": list(rules.GUIDANCE_TYPES),
+        "model": vocab.MODEL_ID,
+        "tasks": list(vocab.TASKS), "sourceTasks": list(vocab.SOURCE_TASKS), "windowTasks": list(vocab.WINDOW_TASKS),
+        "trackNames": list(vocab.TRACK_NAMES), "repaintModes": list(vocab.REPAINT_MODES),
+        "languages": list(vocab.VALID_LANGUAGES), "guidanceTypes": list(vocab.GUIDANCE_TYPES),
         "formats": list(FORMATS), "noiseSources": list(noise.SOURCES), "gpuPresets": list(noise.GPU_PRESETS),
         "ranges": {"duration": rules.DURATION_RANGE, "steps": rules.STEPS_RANGE, "CFGScale": rules.CFG_RANGE,
                    "numberResults": rules.NUMBER_RESULTS_RANGE, "bpm": rules.BPM_RANGE},

@@ -62,6 +62,7 @@ def export_bundle(
     ops: str | None = None,
     graphs: Iterable[str] | None = None,
     parity: bool = True,
+    adapter_targets: str = "attention",
     command: str | None = None,
     checkpoint_label: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -72,7 +73,8 @@ def export_bundle(
     interrupted export never leaves a half bundle at `out`. `precision` is the bundle default,
     `graph_precision` per-graph overrides ("vae_decoder=fp16,..." or a dict), `target` the provider the
     int8/int4 schemes are chosen for (cpu or gpu). A graph whose measured error exceeds its budget
-    fails the export unless `allow_over_budget` (then its manifest entry says so).
+    fails the export unless `allow_over_budget` (then its manifest entry says so). `adapter_targets`
+    (none, attention, attention+mlp) chooses the DiT's LoRA side-path inputs (export/adapter_paths.py).
     """
     out = Path(out)
     names = _check_graphs(graphs)
@@ -87,7 +89,8 @@ def export_bundle(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget)
+        job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget,
+                        adapter_targets=adapter_targets)
         manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, ops, names, parity, log)
         manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops,
                                                                     overrides, target)
@@ -131,7 +134,7 @@ def _replace(tmp: Path, out: Path) -> None:
 def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, parity, log) -> dict:
     first = load_checkpoint(root, layout, torch.float32, components=())
     preset = first.preset
-    specs = graph_specs(preset)
+    specs = graph_specs(preset, job_args["adapter_targets"])
     job = _Job(preset, tmp, ops=ops, parity=parity, log=log, **job_args)
     graphs: dict[str, dict] = {}
     null_emb = None
@@ -171,6 +174,7 @@ class _Job:
     ops: str | None
     parity: bool
     log: Callable[[str], None]
+    adapter_targets: str = "attention"
 
 
 def _export_acestep_low_memory(root: Path, layout: str, todo, graphs: dict, job: _Job) -> np.ndarray:

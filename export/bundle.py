@@ -93,7 +93,7 @@ def export_bundle(
                         adapter_targets=adapter_targets)
         manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, ops, names, parity, log)
         manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops,
-                                                                    overrides, target)
+                                                                    overrides, target, adapter_targets)
         if checkpoint_label:
             manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -157,7 +157,7 @@ def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, p
     files = _write_files(first, null_emb, tmp)
     ordered = {n: graphs[n] for n in names}  # contract order, whatever order the weights were loaded in
     manifest = _manifest(preset, ordered, files, root, first.layout)
-    manifest["export"].update(precision=job.precision, target=job.target)
+    manifest["export"].update(precision=job.precision, target=job.target, adapter_targets=job.adapter_targets)
     if job.allow_over_budget:
         manifest["export"]["allow_over_budget"] = True
     return manifest
@@ -230,6 +230,8 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
              "outputs": [o.to_dict() for o in spec.outputs]}
     if scheme is not None:
         entry["quantization"] = scheme
+    if spec.name == "dit":  # LoRA side-path inputs (export/adapter_paths.py; docs/bundle-format.md)
+        entry["adapter_targets"] = [i.name[len("lora_a."):] for i in spec.inputs if i.name.startswith("lora_a.")]
     entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None
     entry["budget"] = {"max_rel_err": budget_for(spec.name, precision)}
     _check_budget(spec.name, precision, entry, job)
@@ -340,7 +342,8 @@ def _manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -> dic
     }
 
 
-def _default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu") -> str:
+def _default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu",
+                     adapter_targets="attention") -> str:
     parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
     if layout != "auto":
         parts += ["--layout", layout]
@@ -351,6 +354,8 @@ def _default_command(checkpoint, out, layout, precision, ops, overrides=None, ta
         parts += ["--target", target]
     if ops:
         parts += ["--ops", ops]
+    if adapter_targets != "attention":
+        parts += ["--adapter-targets", adapter_targets]
     return " ".join(parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -73,8 +74,10 @@ def _output_path(out: Path | None, request, audio_uuid: str, multiple: bool) -> 
 
 
 def render_requests(text: str, bundle: Path, out: Path | None, provider: str, threads: int | None,
-                    save_latents: str | None, noise_path: str | None, show_progress: bool = True) -> list[dict]:
-    """Validate everything first, then render; returns the Runware-style responses."""
+                    save_latents: str | None, noise_path: str | None, show_progress: bool = True,
+                    loras: tuple[str, ...] = ()) -> list[dict]:
+    """Validate everything first (adapters included), then render; returns the Runware-style responses.
+    `loras` are `--lora PATH[=WEIGHT]` options, added to every request's `lora` list."""
     from .pipeline import Pipeline  # sessions only once the requests are known to be valid
 
     try:
@@ -83,6 +86,11 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
         raise RequestError("request", f"request: not valid JSON ({exc.msg} at line {exc.lineno})",
                            "invalidJSON") from exc
     requests = parse_requests(data)
+    if loras:
+        from .adapters import cli_refs
+
+        extra = cli_refs(loras)
+        requests = [dataclasses.replace(r, lora=r.lora + extra) for r in requests]
     renders = sum(r.number_results for r in requests)
     if (noise_path or save_latents) and renders != 1:
         raise RequestError("noise" if noise_path else "save-latents",
@@ -90,6 +98,8 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
                            "conflictingParameters")
     noise = _load_npy(noise_path, "noise").astype(np.float32, copy=False) if noise_path else None
     pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
+    for request in requests:  # every adapter is read and checked before anything renders
+        pipeline.adapters.resolve(request.lora, request.task_uuid)
     responses = []
     for request in requests:
         bar, update = _progress(show_progress, f"rendering {request.task_uuid[:8]}")
@@ -128,7 +138,10 @@ def _common_options(f):
               help="Also write the final latents as .npy (float32, [1, T, 64]).")
 @click.option("--noise", "noise_path", type=click.Path(dir_okay=False), default=None,
               help="Initial noise as .npy (float32, [1, T, 64]) instead of drawing it from the seed.")
-def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path):
+@click.option("--lora", "loras", multiple=True, metavar="PATH[=WEIGHT]",
+              help="A LoRA/LoKr adapter (PEFT folder or .safetensors file) applied to every request, weight "
+                   "-2..2 (default 1). Repeat to stack adapters; they follow the request's own `lora` list.")
+def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path, loras):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
     Every request is validated before anything renders; a bad field gives a Runware-style error
@@ -136,7 +149,7 @@ def generate_command(request_file, bundle, out, provider, threads, save_latents,
     """
     try:
         text = _read_request_text(request_file)
-        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path)
+        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path, loras=loras)
     except RequestError as exc:
         _fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
     except (BundleError, RuntimeError, OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import sampler, source_audio, tasks
+from .adapters import Adapters, AdapterSet
 from .bundle import Bundle, SessionOptions
 from .device import DeviceOptions
 from .postprocess import check_latents, finish_audio, tiled_decode
@@ -112,6 +113,9 @@ class Pipeline:
         self.tokenizer = PromptTokenizer.from_file(bundle.tokenizer_path)
         self.sample_rate = int(bundle.audio["sample_rate"])
         self.hop = int(bundle.audio["hop_length"])
+        # LoRA/LoKr per request (runtime/adapters.py); front doors may replace `adapters.resolver`.
+        self.adapters = Adapters(bundle.manifest.get("graphs", {}).get("dit"),
+                                 (bundle.manifest.get("export") or {}).get("command"))
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -299,9 +303,10 @@ class Pipeline:
               conditioning: Conditioning | None = None) -> "Render":
         """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
         request = request if isinstance(request, Request) else parse_request(request)
+        adapters = self.adapters.resolve(request.lora, request.task_uuid)  # refused before any work
         seed = request.seed if request.seed is not None else sampler.draw_seed()
         cond = conditioning or self.condition(request, seed)
-        return Render(self, request, cond, seed + index, noise)
+        return Render(self, request, cond, seed + index, noise, adapters)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel=None, index: int = 0,
@@ -320,6 +325,7 @@ class Pipeline:
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
+        self.adapters.resolve(request.lora, request.task_uuid)  # a bad adapter fails before conditioning
         cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
                 for i in range(request.number_results)]
@@ -329,7 +335,7 @@ class Render:
     """One result's sampling loop; yields a `sampler.Step` after every DiT step."""
 
     def __init__(self, pipeline: Pipeline, request: Request, cond: Conditioning, seed: int,
-                 noise: np.ndarray | None):
+                 noise: np.ndarray | None, adapters: AdapterSet | None = None):
         self.pipeline, self.request, self.cond, self.seed = pipeline, request, cond, seed
         defaults = pipeline.bundle.sampler_defaults
         config = pipeline.config
@@ -354,7 +360,8 @@ class Render:
         self.latents: np.ndarray | None = None
         self.timings = dict(cond.timings)
         self._dit_seconds = 0.0
-        self.dit = pipeline.bundle.dit_runner(self._dit_constants())
+        self.adapters = adapters or pipeline.adapters.base()
+        self.dit = pipeline.bundle.dit_runner(self._dit_constants(), self.adapters.feeds)
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
         shape = (1, self.cond.frames, 64)
@@ -455,5 +462,6 @@ class Render:
             "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
+            "adapters": self.adapters.report,
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -65,7 +65,7 @@ WINDOW_TASKS = ("repaint", "lego")
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
     "steps", "CFGScale", "numberResults", "outputType", "outputFormat", "audioSettings",
-    "inputs", "strength", "settings",
+    "inputs", "strength", "settings", "lora",
 )
 
 
@@ -135,6 +135,7 @@ class Request:
     strength: float | None
     settings: Settings
     warnings: tuple[str, ...] = ()
+    lora: tuple = ()  # runtime/adapters.py LoraRef entries, in request order
 
     @property
     def latent_frames(self) -> int:
@@ -513,7 +514,14 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         strength=strength,
         settings=settings,
         warnings=tuple(warnings),
+        lora=_lora(obj),
     )
+
+
+def _lora(obj: Mapping) -> tuple:
+    from .adapters import parse_lora  # adapters imports RequestError from here
+
+    return parse_lora(obj.get("lora"))
 
 
 def parse_requests(obj: Any) -> list[Request]:

@@ -21,6 +21,7 @@ from acestep_edge.runtime.request import TASK_TYPE, RequestError, parse_request
 from acestep_edge.runtime.response import error_response
 
 from .guard import PathGuard
+from .loras import LoraDir, check_request, install, route
 from .jobs import TERMINAL, Job, Renderer, ServerError
 
 log = logging.getLogger("acestep_edge.server")
@@ -38,6 +39,7 @@ KEEPALIVE_SECONDS = 15.0
 class ServerOptions:
     api_key: str | None = None
     allow_dirs: tuple[str, ...] = ()
+    lora_dir: str | None = None  # adapters (request `lora` names) are read from here only
     max_body_bytes: int = 64 * 2**20
     bundle_info: dict = field(default_factory=dict)
 
@@ -86,6 +88,8 @@ async def _read_body(request: HTTPRequest, limit: int) -> bytes:
 def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Starlette:
     options = options or ServerOptions()
     guard = PathGuard(options.allow_dirs)
+    loras = LoraDir(options.lora_dir)
+    install(renderer.pipeline, loras)
 
     def key_ok(given: str | None) -> bool:
         if options.api_key is None:
@@ -166,6 +170,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
             else:
                 delivery = None
             req = parse_request(task)
+            check_request(renderer.pipeline, req)  # adapters read and checked before queueing: 400, no render
             if req.task_uuid in seen:
                 raise RequestError("taskUUID", f"taskUUID: {req.task_uuid} is used by more than one task in this "
                                    "request; every task needs its own UUID", "duplicateTaskUUID", req.task_uuid)
@@ -300,6 +305,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
         Route("/v1/tasks/{task_uuid}/events", events_endpoint, methods=["GET"]),
         Route("/v1/tasks/{task_uuid}", cancel_endpoint, methods=["DELETE"]),
         Route("/v1/renders", renders_endpoint, methods=["GET"]),
+        route(loras, require_key),
         Route("/audio/{name}", audio_endpoint, methods=["GET", "HEAD"]),
         Route("/health", health_endpoint, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -27,7 +27,7 @@ class DrainingServer(uvicorn.Server):
 def build_server(bundle: Path, *, host: str = "127.0.0.1", port: int = 8000, provider: str = "cpu",
                  threads: int | None = None, queue: int = 16, out_dir: Path = Path("acestep-edge-renders"),
                  api_key: str | None = None, allow_dirs=(), max_body_mb: float = 64, drain_seconds: float = 30,
-                 log_level: str = "info"):
+                 log_level: str = "info", lora_dir: Path | None = None):
     """A ready uvicorn.Server (sessions created, worker started); call .run() to serve."""
     pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
     manifest = pipeline.bundle.manifest
@@ -35,7 +35,8 @@ def build_server(bundle: Path, *, host: str = "127.0.0.1", port: int = 8000, pro
             "format_version": manifest.get("format_version")}
     renderer = Renderer(pipeline, out_dir, queue)
     options = ServerOptions(api_key=api_key, allow_dirs=tuple(str(d) for d in allow_dirs),
-                            max_body_bytes=int(max_body_mb * 2**20), bundle_info=info)
+                            max_body_bytes=int(max_body_mb * 2**20), bundle_info=info,
+                            lora_dir=str(lora_dir) if lora_dir else None)
     config = uvicorn.Config(create_app(renderer, options), host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=int(drain_seconds) + 10, server_header=False)
     return DrainingServer(config, renderer, drain_seconds)

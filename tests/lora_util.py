@@ -50,14 +50,11 @@ def peft_adapter(decoder, out: Path, *, r=4, alpha=8, targets=ATTENTION, seed=1,
     return model
 
 
-def lokr_adapter(decoder, out: Path, *, dim=4, alpha=2, factor=4, seed=3, std=0.15, multiplier=1.0):
-    """A LyCORIS LoKr network on the DiT's attention projections (names as the official trainer's),
-    random factors, saved as `lokr_weights.safetensors`; returns the network (applied to `decoder`)."""
-    import torch
-    from lycoris import create_lycoris
+def attention_root(decoder):
+    """A module holding only the DiT's attention projections under their DiT paths (`layers.N.self_attn.q_proj`),
+    so LyCORIS wraps exactly those and names them `lycoris_layers_N_self_attn_q_proj` as the official trainer's."""
     from torch import nn
 
-    # Only the attention projections, under their DiT names (layers.N.self_attn.q_proj → lycoris_layers_N_...).
     root = nn.Module()
     root.layers = nn.ModuleList()
     for layer in decoder.layers:
@@ -65,7 +62,16 @@ def lokr_adapter(decoder, out: Path, *, dim=4, alpha=2, factor=4, seed=3, std=0.
         for block in ("self_attn", "cross_attn"):
             holder.add_module(block, nn.ModuleDict({p: getattr(getattr(layer, block), p) for p in ATTENTION}))
         root.layers.append(holder)
-    network = create_lycoris(root, multiplier, linear_dim=dim, linear_alpha=alpha, algo="lokr", factor=factor)
+    return root
+
+
+def lokr_adapter(decoder, out: Path, *, dim=4, alpha=2, factor=4, seed=3, std=0.15, multiplier=1.0):
+    """A LyCORIS LoKr network on the DiT's attention projections, random factors, saved as
+    `lokr_weights.safetensors`; returns the network (applied to `decoder`)."""
+    import torch
+    from lycoris import create_lycoris
+
+    network = create_lycoris(attention_root(decoder), multiplier, linear_dim=dim, linear_alpha=alpha, algo="lokr", factor=factor)
     network.apply_to()
     _randomise([p for n, p in network.named_parameters() if "lokr_" in n], seed, std)
     out.mkdir(parents=True, exist_ok=True)

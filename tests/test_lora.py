@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lora_util import lokr_adapter, peft_adapter, reference_params, rel, renamed_copies, request
+from lora_util import attention_root, lokr_adapter, peft_adapter, reference_params, rel, renamed_copies, request
 
 pytestmark = pytest.mark.export
 
@@ -140,21 +140,9 @@ def test_lokr_matches_lycoris(pipeline, adapters, tiny_official):
     ours = pipeline.generate(request(lora=[{"model": str(adapters["lokr"]), "weight": 0.7}]), noise=_noise())
 
     def apply(decoder):
-        from lora_util import lokr_adapter as _  # noqa: F401  (same module naming as the saved file)
-        import torch
-        from torch import nn
-
-        root = nn.Module()
-        root.layers = nn.ModuleList()
-        for layer in decoder.layers:
-            holder = nn.Module()
-            for block in ("self_attn", "cross_attn"):
-                holder.add_module(block, nn.ModuleDict({p: getattr(getattr(layer, block), p)
-                                                        for p in ("q_proj", "k_proj", "v_proj", "o_proj")}))
-            root.layers.append(holder)
-        network, _ = create_lycoris_from_weights(0.7, str(adapters["lokr"] / "lokr_weights.safetensors"), root)
+        path = str(adapters["lokr"] / "lokr_weights.safetensors")
+        network, _ = create_lycoris_from_weights(0.7, path, attention_root(decoder))
         network.apply_to()
-        torch.set_grad_enabled(False)
 
     ref = _reference(tiny_official, apply)
     assert rel(ours.latents, ref.latents) <= 1e-4

@@ -8,7 +8,8 @@ ACE-Step code and acestep.cpp (src/adapter-merge.h) read them:
   (PeftModel wraps the DiT decoder, so paths start at `layers.`); scale alpha/r, rsLoRA alpha/√r.
 - ComfyUI single file: `diffusion_model.` prefix, `lora_A/lora_B` or `lora_down/lora_up`, and a
   per-module `alpha` tensor (absent: alpha = r).
-- diffusers names: `transformer.` prefix and attention projections `to_q/to_k/to_v/to_out.0`.
+- diffusers names: `transformer.` prefix and attention projections `to_q/to_k/to_v/to_out.0` (diffusers'
+  ACE-Step transformer keeps `self_attn`/`cross_attn`; models/checkpoint.py diffusers_to_official).
 - LyCORIS (official `lokr_weights.safetensors`): `lycoris_layers_N_self_attn_q_proj.lokr_w1` etc.,
   the module path with dots flattened to underscores, reversed against the known target names.
   LoKr's delta kron(w1, w2) is turned into exact low-rank factors (lokr_factors).
@@ -33,7 +34,7 @@ PEFT_CONFIG = "adapter_config.json"
 LOKR_FILE = "lokr_weights.safetensors"
 _PREFIXES = ("base_model.model.", "diffusion_model.", "transformer.", "decoder.", "model.")
 _DIFFUSERS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "o_proj", "to_out": "o_proj"}
-_MODULE = re.compile(r"^layers\.(\d+)\.(self_attn|cross_attn|attn|mlp)\.([a-z_]+(?:\.0)?)$")
+_MODULE = re.compile(r"^layers\.(\d+)\.(self_attn|cross_attn|mlp)\.([a-z_]+(?:\.0)?)$")
 _LORA_SUFFIX = re.compile(r"^(.*)\.(lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight$")
 _TRIGGER_KEYS = ("trigger_words", "triggerWords", "trigger_word", "trigger_phrase", "modelspec.trigger_phrase",
                  "activation_text", "ss_trigger_words")
@@ -137,7 +138,6 @@ def module_key(path: str) -> tuple[int, str] | None:
         return None
     block, proj = m.group(2), m.group(3)
     proj = _DIFFUSERS.get(proj, proj)
-    block = "self_attn" if block == "attn" else block
     kind = f"{block}.{proj}"
     return (int(m.group(1)), kind) if kind in _ALL_KINDS else None
 

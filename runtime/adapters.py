@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .adapter_formats import Adapter, AdapterError, load_adapter
-from .request import RequestError
+from .wire import RequestError
 
 WEIGHT_RANGE = (-2.0, 2.0)
 MAX_ADAPTERS = 8

@@ -14,6 +14,7 @@ from .fields import boolean, choice, choice_int, field_error, is_integral, is_nu
 from .vocab import (GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES, REPAINT_MODES,
                     SAMPLE_RATE, SOURCE_TASKS, STRENGTH_TASKS, TASK_TYPE, TASKS, TIME_SIGNATURES, TRACK_NAMES,
                     TRACK_TASKS, VALID_LANGUAGES, WINDOW_TASKS, latent_frames_for)
+from .adapters import parse_lora
 from .wire import RequestError, check_unique, parse_body, refuse_remote, show
 
 __all__ = ["AudioSettings", "Request", "RequestError", "Settings", "TASK_TYPE", "latent_frames_for",
@@ -397,14 +398,9 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         strength=strength,
         settings=settings,
         warnings=tuple(warnings),
-        lora=_lora(obj),
+        lora=parse_lora(obj.get("lora")),
     )
 
-
-def _lora(obj: Mapping) -> tuple:
-    from .adapters import parse_lora  # loaded with the first request that names adapters' module
-
-    return parse_lora(obj.get("lora"))
 
 
 def parse_requests(obj: Any) -> list[Request]:

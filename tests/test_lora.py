@@ -226,3 +226,28 @@ def test_io_binding_takes_adapters(bundles, adapters, pipeline):
     ours = bound.generate(request(steps=8, lora=lora), noise=_noise())
     plain = pipeline.generate(request(steps=8, lora=lora), noise=_noise())
     assert np.array_equal(ours.latents, plain.latents)
+
+
+def test_mlp_adapter_on_attention_mlp_bundle_matches_peft(bundles, tiny_official, tmp_path):
+    """`--adapter-targets attention+mlp`: an adapter that also carries gate/up/down renders as peft applies it."""
+    from peft import PeftModel
+
+    from acestep_edge.export.bundle import export_bundle
+    from acestep_edge.models.checkpoint import load_checkpoint
+    from acestep_edge.runtime.pipeline import Pipeline
+
+    dit = export_bundle(tiny_official, tmp_path / "mlp-dit", graphs=["dit"], parity=False,
+                        adapter_targets="attention+mlp")
+    bundle = _with_dit_of(bundles["fp32"], dit, tmp_path / "mlp")
+    folder = tmp_path / "mlp_lora"
+    peft_adapter(load_checkpoint(tiny_official, "official").acestep.decoder, folder, r=3, alpha=6, seed=4,
+                 targets=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])
+    ours = Pipeline.load(bundle, threads=2).generate(request(lora=[{"model": str(folder), "weight": 1.2}]),
+                                                     noise=_noise())
+    assert "mlp.down_proj" in ours.metadata["adapters"][0]["targets"]
+
+    def apply(decoder):
+        _peft_scale(PeftModel.from_pretrained(decoder, str(folder)), {"default": 1.2})
+
+    ref = _reference(tiny_official, apply)
+    assert rel(ours.latents, ref.latents) <= 1e-4

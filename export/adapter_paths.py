@@ -75,7 +75,13 @@ class SidePaths:
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         for i, layer in enumerate(dit.layers):
             for kind in self.kinds:
-                layer.get_submodule(kind).register_forward_hook(self._hook(i, kind))
+                module = layer.get_submodule(kind)
+                # One side path per linear: a DiT wrapped again (another export of the same model) replaces
+                # the previous hook instead of stacking a second one.
+                old = getattr(module, "_adapter_side_path", None)
+                if old is not None:
+                    old.remove()
+                module._adapter_side_path = module.register_forward_hook(self._hook(i, kind))
 
     def _hook(self, layer: int, kind: str):
         def add_side_path(module, args, out):
@@ -86,8 +92,11 @@ class SidePaths:
 
         return add_side_path
 
-    def set(self, flat: tuple) -> None:
-        """Factors in input order (A, B per kind)."""
+    def set(self, flat: tuple | None) -> None:
+        """Factors in input order (A, B per kind); None outside a forward, so the hooks add nothing."""
+        if flat is None:
+            self.factors = None
+            return
         if len(flat) != 2 * len(self.kinds):
             raise ValueError(f"expected {2 * len(self.kinds)} adapter factor inputs, got {len(flat)}")
         self.factors = {k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(self.kinds)}

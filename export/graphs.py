@@ -74,8 +74,15 @@ class DiTGraph(nn.Module):
         self.side = adapter_paths.SidePaths(self.dit, adapter_kinds) if adapter_kinds else None
 
     def forward(self, x, t, encoder_states, src_latents, chunk_mask, *factors):
-        if self.side is not None:
-            self.side.set(factors)
+        if self.side is None:
+            return self._velocity(x, t, encoder_states, src_latents, chunk_mask)
+        self.side.set(factors)
+        try:
+            return self._velocity(x, t, encoder_states, src_latents, chunk_mask)
+        finally:
+            self.side.set(None)  # the DiT called outside this wrapper runs without side paths
+
+    def _velocity(self, x, t, encoder_states, src_latents, chunk_mask):
         channels = src_latents.shape[-1]
         mask = chunk_mask.to(src_latents.dtype)[:, :, None].expand(-1, -1, channels)
         return self.dit(x, t, encoder_states, torch.cat([src_latents, mask], dim=-1))

@@ -251,3 +251,26 @@ def test_mlp_adapter_on_attention_mlp_bundle_matches_peft(bundles, tiny_official
 
     ref = _reference(tiny_official, apply)
     assert rel(ours.latents, ref.latents) <= 1e-4
+
+
+def test_side_paths_do_not_stack_or_leak(tiny_preset):
+    """Wrapping the same DiT twice (several exports of one loaded model) keeps one side path per linear, and the
+    DiT called outside the wrapper runs without it."""
+    import torch
+
+    from acestep_edge.export import adapter_paths
+    from acestep_edge.export.graphs import DiTGraph, example_sizes, graph_specs
+    from acestep_edge.models.acestep import AceStepModel
+
+    torch.manual_seed(0)
+    model = AceStepModel(tiny_preset.dit).eval()
+    spec = graph_specs(tiny_preset)["dit"]
+    args = spec.example(example_sizes(2, 21), tiny_preset, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        once = DiTGraph(model, adapter_paths.ATTENTION_KINDS)(*args)
+        twice = DiTGraph(model, adapter_paths.ATTENTION_KINDS)(*args)
+        bare = DiTGraph(model)(*args[:5])
+        zeros = DiTGraph(model, adapter_paths.ATTENTION_KINDS)(*args[:5], *(torch.zeros_like(a) for a in args[5:]))
+    torch.testing.assert_close(twice, once, rtol=0, atol=0)
+    torch.testing.assert_close(zeros, bare, rtol=0, atol=0)
+    assert (once - bare).abs().max() > 1e-4  # the factors do act

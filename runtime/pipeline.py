@@ -121,6 +121,18 @@ class Pipeline:
                                  device=device or DeviceOptions())
         return cls(Bundle(bundle, options), config)
 
+    def warm_up(self) -> None:
+        """Create every session of the bundle now (a server does this before its first request)."""
+        for name in self.bundle.manifest.get("graphs", {}):
+            self.bundle.session(name)
+
+    def info(self) -> dict:
+        """What a front end shows about this pipeline: the bundle, and each session's providers and precision."""
+        manifest = self.bundle.manifest
+        return {"bundle": {"name": Path(self.bundle.path).resolve().name, "format": manifest.get("format"),
+                           "format_version": manifest.get("format_version")},
+                "providers": self.bundle.providers_in_use(), "precisions": self.bundle.precisions_in_use()}
+
     # -- conditioning -----------------------------------------------------------------------
     def _encode_prompt(self, caption: str, lyrics: str, warnings: list[str] | None):
         caption_ids, cut_caption = self.tokenizer.encode_caption(caption)
@@ -254,11 +266,11 @@ class Pipeline:
         if settings.repainting_start is not None and settings.repainting_start > seconds:
             raise RequestError(p + "repaintingStart", f"{p}repaintingStart: {settings.repainting_start:g} s is after "
                                f"the end of the source ({seconds:.2f} s); start at or before it",
-                               "outOfRange", request.task_uuid)
+                               "valueOutOfRange", request.task_uuid)
         if settings.repainting_end is not None and settings.repainting_end != -1 and settings.repainting_end < 0:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingEnd: {settings.repainting_end:g} s ends before "
                                "the source starts; send an end >= 0 (or -1 for the end of the source)",
-                               "outOfRange", request.task_uuid)
+                               "valueOutOfRange", request.task_uuid)
         if window.end <= window.start:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingEnd: the window [{window.start - window.left_pad:g}, "
                                f"{window.end - window.left_pad:g}) s is empty; send an end after the start",
@@ -266,7 +278,7 @@ class Pipeline:
         total = seconds + window.left_pad + window.right_pad
         if total > tasks.MAX_SECONDS:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingStart/repaintingEnd: the outpainted clip would be "
-                               f"{total:.1f} s; the limit is {tasks.MAX_SECONDS:g} s", "outOfRange", request.task_uuid)
+                               f"{total:.1f} s; the limit is {tasks.MAX_SECONDS:g} s", "valueOutOfRange", request.task_uuid)
         return window
 
     def cover_hints(self, latents: np.ndarray, silence_t: np.ndarray) -> np.ndarray:
@@ -304,18 +316,19 @@ class Pipeline:
         return Render(self, request, cond, seed + index, noise)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
-                 progress: Callable[[int, int], None] | None = None, cancel=None, index: int = 0,
+                 progress: Callable[[int, int, int], None] | None = None, cancel=None, index: int = 0,
                  conditioning: Conditioning | None = None) -> GenerationResult:
+        """One result; `progress(step, steps, index)` after every step says which result is rendering."""
         render = self.start(request, noise, index, conditioning)
         for step in render:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("render cancelled; nothing was written")
             if progress is not None:
-                progress(step.index + 1, step.total)
+                progress(step.index + 1, step.total, index)
         return render.result()
 
     def generate_all(self, request: Request | dict, noise: np.ndarray | None = None,
-                     progress: Callable[[int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
+                     progress: Callable[[int, int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:

@@ -180,7 +180,7 @@ def _number(obj: Mapping, key: str, param: str, lo: float, hi: float, default: A
     if not _is_number(v) or (integer and not _is_integral(v)):
         raise _err(param, f"expected {kind} {bound}, got {_show(v)}", "invalidType")
     if (v <= lo if lo_open else v < lo) or v > hi:
-        raise _err(param, f"{_show(v)} is out of range; use {kind} {bound}", "outOfRange")
+        raise _err(param, f"{_show(v)} is out of range; use {kind} {bound}", "valueOutOfRange")
     return int(v) if integer else float(v)
 
 
@@ -196,9 +196,9 @@ def _string(obj: Mapping, key: str, param: str, *, max_chars: int, required: boo
         raise _err(param, f"expected a string of at most {max_chars} characters, got {_show(v)}",
               "invalidType")
     if not allow_empty and not v.strip():
-        raise _err(param, f"must not be empty; send 1 to {max_chars} characters", "outOfRange")
+        raise _err(param, f"must not be empty; send 1 to {max_chars} characters", "valueOutOfRange")
     if len(v) > max_chars:
-        raise _err(param, f"is {len(v)} characters long; the limit is {max_chars}", "outOfRange")
+        raise _err(param, f"is {len(v)} characters long; the limit is {max_chars}", "valueOutOfRange")
     return v
 
 

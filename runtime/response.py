@@ -72,7 +72,7 @@ def _error_entry(err: BaseException, task_uuid: str | None, task_type: str | Non
         }
     # Anything else is reported by type and message only: a bad field is named, never a traceback.
     return {
-        "code": getattr(err, "code", None) or "internalError",
+        "code": getattr(err, "code", None) or "internalServerError",
         "message": str(err) or type(err).__name__,
         "parameter": getattr(err, "parameter", None),
         "taskType": task_type,

@@ -51,16 +51,16 @@ class PathGuard:
             raise self._error(param, f"{param}: the path contains a NUL byte", "invalidFormat", task)
         if not self.allow_dirs:
             raise self._error(param, f"{param}: this server reads no local files (it was started without "
-                              "--allow-dir); send the audio inline as a data URI", "pathNotAllowed", task)
+                              "--allow-dir); send the audio inline as a data URI", "invalidPath", task)
         if not os.path.isabs(path):
             raise self._error(param, f"{param}: {path!r} is relative; send an absolute path (or file:// URI) "
-                              f"under {self._dirs()}, or send a data URI", "pathNotAllowed", task)
+                              f"under {self._dirs()}, or send a data URI", "invalidPath", task)
         # realpath resolves `..` and symlinks without opening the file.
         resolved = Path(os.path.realpath(path))
         if not any(resolved == d or d in resolved.parents for d in self.allow_dirs):
             raise self._error(param, f"{param}: {path!r} is outside the folders this server may read "
                               f"({self._dirs()}); move the file there or send a data URI",
-                              "pathNotAllowed", task)
+                              "invalidPath", task)
         return str(resolved)
 
     def _file_uri_path(self, value: str, param: str, task: Mapping) -> str:

@@ -161,7 +161,8 @@ def _err(param: str, message: str, code: str = "invalidParameter") -> RequestErr
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    # An int is finite however long (math.isfinite would overflow converting a 309-digit one to float).
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
 
 
 def _is_integral(v: Any) -> bool:

@@ -266,3 +266,33 @@ def test_port_in_use_exits_with_a_clear_error(tmp_path):
                               timeout=60)  # bounded: the worker thread must not keep the process alive
     assert proc.returncode != 0 and "address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_refuses_queued_work_retryably_and_keeps_results_collectable(tmp_path):
+    proc, client, out, finished = _start_server(tmp_path, drain=60)
+    try:
+        running = task(str(uuid.uuid4()), deliveryMethod="async", steps=60)
+        queued = task(str(uuid.uuid4()), deliveryMethod="async", **LONG)
+        assert client.post([running, queued])[0] == 200
+
+        def on_event(name, data):
+            if name == "progress" and data["step"] == 5:
+                proc.send_signal(signal.SIGTERM)
+
+        events = client.events(running["taskUUID"], on_event=on_event)
+        assert events[-1][0] == "done"
+        # The queued task: a retryable "service unavailable" with a retry hint, not "cancelled".
+        status, body, headers = client.request("POST", "/v1", [{"taskType": "getResponse",
+                                                                "taskUUID": queued["taskUUID"]}])
+        assert status == 503 and headers.get("retry-after") == "5", body
+        assert body["errors"][0]["code"] == "serviceUnavailable" and "shutting down" in body["errors"][0]["message"]
+        # The render that finished during the drain can still be collected: the listener is open.
+        status, body = client.post([{"taskType": "getResponse", "taskUUID": running["taskUUID"]}])
+        assert status == 200 and body["data"][0]["status"] == "success", body
+        assert client.request("GET", "/audio/" + body["data"][0]["audioURL"].rsplit("/", 1)[1])[0] == 200
+        status, body = client.post([task(str(uuid.uuid4()))])
+        assert status == 503 and body["errors"][0]["code"] == "serviceUnavailable"
+        assert finished()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

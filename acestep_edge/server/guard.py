@@ -6,6 +6,7 @@ resolves (symlinks and `..` included) inside an allowed folder.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -57,6 +58,12 @@ class PathGuard:
                               f"under {self._dirs()}, or send a data URI", "invalidPath", task)
         # realpath resolves `..` and symlinks without opening the file.
         resolved = Path(os.path.realpath(path))
+        try:
+            os.stat(resolved)
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES):  # missing files are the runtime's
+                raise self._error(param, f"{param}: cannot open {path[:80]!r}: {exc.strerror}", "invalidPath",
+                                  task) from None
         if not any(resolved == d or d in resolved.parents for d in self.allow_dirs):
             raise self._error(param, f"{param}: {path!r} is outside the folders this server may read "
                               f"({self._dirs()}); move the file there or send a data URI",

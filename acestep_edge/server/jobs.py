@@ -255,8 +255,6 @@ class Renderer:
             finally:
                 with self._cond:
                     self.running = None
-                    job.request = None  # its inputs (data URIs) are not held once the job ends
-                    job.finished = time.time()
 
     def _render(self, job: Job) -> None:
         request = job.request
@@ -290,6 +288,7 @@ class Renderer:
             if job.cancel_event.is_set():  # a DELETE won the race with the last write
                 self._finish_cancelled(job, job.cancel_reason)
                 return
+            job.request, job.finished = None, time.time()  # its inputs (data URIs) are not held once it ends
             job.state = "success"
         job.publish("done", data=job.results)
 

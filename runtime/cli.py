@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from . import noise
 from .audio_io import EXTENSIONS
 from .bundle import PROVIDERS, BundleError
 from .delivery import deliver
@@ -73,9 +74,13 @@ def _output_path(out: Path | None, request, audio_uuid: str, multiple: bool) -> 
 
 
 def render_requests(text: str, bundle: Path, out: Path | None, provider: str, threads: int | None,
-                    save_latents: str | None, noise_path: str | None, show_progress: bool = True) -> list[dict]:
-    """Validate everything first, then render; returns the Runware-style responses."""
-    from .pipeline import Pipeline  # sessions only once the requests are known to be valid
+                    save_latents: str | None, noise_path: str | None, show_progress: bool = True,
+                    noise_source: str | None = None, noise_gpu: str | None = None) -> list[dict]:
+    """Validate everything first, then render; returns the Runware-style responses.
+
+    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none.
+    """
+    from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
     try:
         data = json.loads(text)
@@ -89,7 +94,10 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
                            "--noise/--save-latents take one render: send one request with numberResults 1",
                            "conflictingParameters")
     noise = _load_npy(noise_path, "noise").astype(np.float32, copy=False) if noise_path else None
-    pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
+    pipeline = Pipeline.load(bundle, provider=provider, threads=threads,
+                             config=GenerationConfig(noise_source=noise_source, noise_gpu=noise_gpu))
+    for request in requests:  # a request's GPU against a CLI source: refused before anything renders
+        pipeline.noise_source(request)
     responses = []
     for request in requests:
         bar, update = _progress(show_progress, f"rendering {request.task_uuid[:8]}")
@@ -107,6 +115,15 @@ def _deliver(request, result, out: Path | None, multiple: bool, save_latents: st
     audio_uuid = new_audio_uuid()
     path = _output_path(out, request, audio_uuid, multiple) if request.output_type == "URL" else None
     return deliver(request, result, path, audio_uuid=audio_uuid, save_latents=save_latents)
+
+
+def _check_gpu(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return noise.gpu(value).name
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _common_options(f):
@@ -128,15 +145,27 @@ def _common_options(f):
               help="Also write the final latents as .npy (float32, [1, T, 64]).")
 @click.option("--noise", "noise_path", type=click.Path(dir_okay=False), default=None,
               help="Initial noise as .npy (float32, [1, T, 64]) instead of drawing it from the seed.")
-def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path):
+@click.option("--noise-source", type=click.Choice(noise.SOURCES), default=None,
+              help="How the seed becomes noise when a request's settings.noise is absent: torch-cuda (default: "
+                   "the official code's draw on a CUDA GPU), torch-cpu (its draw on a CPU), numpy.")
+@click.option("--noise-gpu", callback=_check_gpu, default=None,
+              help=f"GPU whose torch-cuda draw to reproduce when settings.noiseGpu is absent: "
+                   f"{', '.join(noise.GPU_PRESETS)}, an SM count or SMSxTHREADS (default h100; "
+                   "the same on every GPU up to 55 s).")
+def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path, noise_source,
+                     noise_gpu):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
     Every request is validated before anything renders; a bad field gives a Runware-style error
     naming it, a non-zero exit code, and no output file. A progress bar goes to stderr on a terminal.
     """
+    if noise_gpu is not None and noise_source not in (None, "torch-cuda"):
+        raise click.BadParameter(f"applies to --noise-source torch-cuda only (got {noise_source})",
+                                 param_hint="--noise-gpu")
     try:
         text = _read_request_text(request_file)
-        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path)
+        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path,
+                                    noise_source=noise_source, noise_gpu=noise_gpu)
     except RequestError as exc:
         _fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
     except (BundleError, RuntimeError, OSError, ValueError) as exc:

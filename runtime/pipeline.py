@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import noise as noise_sources
 from . import sampler, source_audio, tasks
 from .bundle import Bundle, SessionOptions
 from .device import DeviceOptions
@@ -36,6 +37,8 @@ class GenerationConfig:
     normalize: bool = True
     encode_window: float = source_audio.ENCODE_CHUNK_SECONDS  # VAE encode window, seconds
     encode_overlap: float = source_audio.ENCODE_OVERLAP_SECONDS
+    noise_source: str | None = None  # default initial-noise source when the request names none
+    noise_gpu: str | int | None = None  # default GPU preset of torch-cuda noise
 
 
 @dataclass
@@ -306,11 +309,25 @@ class Pipeline:
         null = self._null_states(states, request, instruction, metas, lyrics, refer, timings)
         return Branch(states, null, silence_t[None].astype(np.float32)), caption
 
+    def noise_source(self, request: Request) -> noise_sources.NoiseSource:
+        """The request's noise source and GPU, else this pipeline's defaults (CLI --noise-source/--noise-gpu)."""
+        settings = request.settings
+        name = settings.noise or self.config.noise_source
+        gpu = settings.noise_gpu
+        if gpu is None and (name or noise_sources.DEFAULT_SOURCE) == "torch-cuda":
+            gpu = self.config.noise_gpu
+        try:
+            return noise_sources.source(name, gpu)
+        except ValueError as exc:
+            raise RequestError("settings.noiseGpu" if settings.noise_gpu is not None else "settings.noise",
+                               f"settings.noise: {exc}", "conflictingParameters", request.task_uuid) from exc
+
     # -- rendering ----------------------------------------------------------------------------
     def start(self, request: Request | dict, noise: np.ndarray | None = None, index: int = 0,
               conditioning: Conditioning | None = None) -> "Render":
         """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
         request = request if isinstance(request, Request) else parse_request(request)
+        self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
         seed = request.seed if request.seed is not None else sampler.draw_seed()
         cond = conditioning or self.condition(request, seed)
         return Render(self, request, cond, seed + index, noise)
@@ -333,6 +350,7 @@ class Pipeline:
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
+        self.noise_source(request)
         cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
                 for i in range(request.number_results)]
@@ -370,9 +388,14 @@ class Render:
         self.dit = pipeline.bundle.dit_runner(self._dit_constants())
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
+        """Each result draws from its own seed with a fresh generator, as the official code does per
+        batch item; explicit noise (--noise FILE.npy) replaces the draw."""
         shape = (1, self.cond.frames, 64)
         if noise is None:
-            return sampler.initial_noise(self.seed, self.cond.frames)
+            source = self.pipeline.noise_source(self.request)
+            self.noise_info = source.describe(self.seed)
+            return source.draw(self.seed, self.cond.frames)
+        self.noise_info = {"source": "explicit", "seed": int(self.seed)}
         noise = np.asarray(noise)
         if noise.shape != shape or noise.dtype != np.float32:
             raise RequestError("noise", f"noise: expected float32 of shape {list(shape)} for this duration, got "
@@ -468,5 +491,6 @@ class Render:
             "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
+            "noise": self.noise_info,
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from acestep_edge.runtime import noise
 from acestep_edge.runtime.audio_io import (
     FORMATS,
     LOSSY_FORMATS,
@@ -55,7 +56,7 @@ _SETTINGS_KEYS = (
     "lyrics", "bpm", "keyScale", "timeSignature", "vocalLanguage", "guidanceType",
     "cfgIntervalStart", "cfgIntervalEnd", "coverConditioningScale", "repaintingStart",
     "repaintingEnd", "shift", "task", "trackName", "trackClasses", "useNegativePrompt",
-    "referenceAudio", "repaintMode",
+    "referenceAudio", "repaintMode", "noise", "noiseGpu",
 )
 # Repaint preservation modes (official generate_music._resolve_repaint_config); strength acts in
 # balanced mode only.
@@ -114,6 +115,8 @@ class Settings:
     use_negative_prompt: bool = False
     reference_audio: str | None = None  # timbre reference: path, file:// URI or data URI
     repaint_mode: str = "balanced"  # repaint / lego windows: balanced, conservative, aggressive
+    noise: str | None = None  # initial-noise source (runtime/noise.py); None = the pipeline's default
+    noise_gpu: str | None = None  # torch-cuda's GPU: preset name or "SMSxTHREADS"; None = default
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         raise _err(p + "useNegativePrompt", f"expected true or false, got {_show(use_neg)}",
               "invalidType")
     lang = _choice(s, "vocalLanguage", p + "vocalLanguage", VALID_LANGUAGES, "en")
+    noise_source, noise_gpu = _noise(s)
     return Settings(
         lyrics=_string(s, "lyrics", p + "lyrics", max_chars=MAX_LYRICS_CHARS) or "",
         bpm=_number(s, "bpm", p + "bpm", *BPM_RANGE, integer=True),
@@ -371,7 +375,24 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         use_negative_prompt=use_neg,
         reference_audio=_audio_source(s.get("referenceAudio"), p + "referenceAudio"),
         repaint_mode=mode or "balanced",
+        noise=noise_source,
+        noise_gpu=noise_gpu,
     )
+
+
+def _noise(s: Mapping) -> tuple[str | None, str | None]:
+    p = "settings."
+    source = _choice(s, "noise", p + "noise", noise.SOURCES)
+    raw = s.get("noiseGpu")
+    if raw is None:
+        return source, None
+    if source not in (None, "torch-cuda"):
+        raise _err(p + "noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source}); remove it",
+              "conflictingParameters")
+    try:
+        return source, noise.gpu(raw).name
+    except ValueError as exc:
+        raise _err(p + "noiseGpu", str(exc), "invalidParameter") from exc
 
 
 def _check_strength(settings: Settings) -> None:

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from acestep_edge.runtime.request import RequestError
+from acestep_edge.runtime.wire import RequestError
 
 from .auth import is_loopback
 

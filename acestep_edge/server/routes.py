@@ -11,11 +11,11 @@ from pathlib import Path
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from acestep_edge.runtime.request import RequestError
+from acestep_edge.runtime.wire import RequestError, error_entry, parse_body
 
 from .outdir import MEDIA
 from .state import State
-from .wire import BODY_TOO_LARGE, body_of, decode, entry
+from .wire import BODY_TOO_LARGE, body_of, entry
 
 KEEPALIVE_SECONDS = 15.0
 BODY_SECONDS = 30.0  # a client that sends its body slower than this is cut off (408)
@@ -66,7 +66,7 @@ class Routes:
         limit = self.s.max_body_bytes
         try:
             raw = await asyncio.wait_for(_read_body(request, limit), BODY_SECONDS)
-            tasks = decode(raw)
+            tasks = parse_body(raw)
         except TooLarge:
             return reply([], [entry(BODY_TOO_LARGE, f"request body: larger than this server's limit of {limit} "
                                     "bytes; send less (or start the server with a larger --max-body-mb)", "request",
@@ -75,11 +75,7 @@ class Routes:
             return reply([], [entry("requestTimeout", f"request body: not received within {BODY_SECONDS:.0f} s",
                                     "request", None, None)])
         except RequestError as exc:
-            return reply([], [entry(exc.code, exc.message, exc.parameter, None, None)])
-        tasks = [tasks] if isinstance(tasks, dict) else tasks
-        if not isinstance(tasks, list) or not tasks:
-            return reply([], [entry("invalidType", "send a JSON array of task objects (audioInference, "
-                                    "getResponse)", "request", None, None)])
+            return reply([], [error_entry(exc, task_type=None)])
         given = self.s.access.bearer(request.headers)
         rest = []
         for task in tasks:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from acestep_edge.runtime.request import TASK_TYPE, RequestError, parse_request
+from acestep_edge.runtime.request import parse_request
+from acestep_edge.runtime.vocab import TASK_TYPE
+from acestep_edge.runtime.wire import RequestError, check_unique
 
 from .guard import PathGuard
 from .jobs import TERMINAL, Delivery, Job, Renderer, conflict
-from .wire import ServerError, entry, error_of
+from .wire import entry, error_of
 
 # Runware platform options with no meaning on one local machine: refused, so no client relies on them.
 REFUSED = {
@@ -43,7 +45,7 @@ class Tasks:
             return Reply(data=[{"taskType": "ping", "pong": True}])
         try:
             return self._submit(task, base_url, seen, owner)
-        except (RequestError, ServerError) as exc:
+        except RequestError as exc:  # ServerError too
             return Reply(errors=[error_of(exc, _uuid_of(task))])
 
     def _submit(self, task, base_url: str, seen: set, owner: object) -> Reply:
@@ -53,10 +55,7 @@ class Tasks:
             delivery = self._delivery(task, _uuid_of(task))
             self.guard.check_task(task)
         request = parse_request(task)
-        if request.task_uuid in seen:
-            raise RequestError("taskUUID", f"taskUUID: {request.task_uuid} is used by more than one task in this "
-                               "request; every task needs its own UUID", "duplicateTaskUUID", request.task_uuid)
-        seen.add(request.task_uuid)
+        check_unique(request.task_uuid, seen)
         held = self.renderer.get(request.task_uuid)
         if held is not None:
             self._claim(held, owner)

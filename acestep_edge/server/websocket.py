@@ -10,11 +10,12 @@ import uuid
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from acestep_edge.runtime.request import TASK_TYPE, RequestError
+from acestep_edge.runtime.vocab import TASK_TYPE
+from acestep_edge.runtime.wire import RequestError, error_entry, parse_body
 
 from .jobs import TERMINAL, Job
 from .state import State
-from .wire import decode, entry
+from .wire import entry
 
 log = logging.getLogger("acestep_edge.server")
 PROGRESS_EVERY_SECONDS = 0.5  # progress pushes per task are at most this frequent
@@ -63,11 +64,10 @@ class Connection:
 
     def on_frame(self, raw) -> None:
         try:
-            tasks = decode(raw)
+            tasks = parse_body(raw)
         except RequestError as exc:
-            self.send("errors", [entry(exc.code, exc.message, exc.parameter, None, None)])
+            self.send("errors", [error_entry(exc, task_type=None)])
             return
-        tasks = tasks if isinstance(tasks, list) else [tasks]
         seen: set[str] = set()
         for task in tasks:
             kind = task.get("taskType") if isinstance(task, dict) else None

@@ -20,6 +20,7 @@ from .hooks import Hooks
 from .jobs import Renderer
 from .routes import STATIC, Routes, reply
 from .state import State
+from .studio import studio_routes
 from .tasks import Tasks
 from .websocket import Connection
 from .wire import INTERNAL, entry
@@ -119,6 +120,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Guar
         Route("/v1/renders", routes.renders, methods=["GET"]),
         Route("/audio/{name}", routes.audio, methods=["GET", "HEAD"]),
         Route("/health", routes.health, methods=["GET"]),
+        *studio_routes(options.max_body_bytes, state.tasks.precheck, routes.denied),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ], lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed, Exception: server_error})
     app.state.server = state

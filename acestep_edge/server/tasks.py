@@ -66,6 +66,12 @@ class Tasks:
             return Reply(job=job)
         return Reply(data=[{"taskType": TASK_TYPE, "taskUUID": job.task_uuid, "status": "processing"}])
 
+    def precheck(self, task) -> None:
+        """The server's own checks of a raw task (platform options, paths), taking its options out of it."""
+        if isinstance(task, dict):
+            self._delivery(task, _uuid_of(task))
+            self.guard.check_task(task)
+
     def _delivery(self, task: dict, task_uuid: str | None) -> Delivery:
         """Take the platform options out of the raw task (the runtime's parser knows none of them)."""
         for name, why in REFUSED.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 from acestep_edge.runtime.adapter_formats import PICKLE_SUFFIXES
 from acestep_edge.runtime.request import RequestError
 
-CODE = "invalidLora"
+CODE = "invalidLora"  # as runtime/adapters.py; the path refusals share the guard's invalidPath
 
 
 class LoraDir:
@@ -27,16 +27,16 @@ class LoraDir:
         """The adapter path for a request's `lora[i].model` name; RequestError when it may not be read."""
         if self.root is None:
             raise RequestError(param, f"{param}: adapter {name!r}: this server takes no adapters (it was started "
-                               "without --lora-dir)", "pathNotAllowed", task_uuid)
+                               "without --lora-dir)", "invalidPath", task_uuid)
         if "\x00" in name or "://" in name or name.startswith(("/", "\\", "~")) or os.path.isabs(name):
             raise RequestError(param, f"{param}: adapter {name!r}: send the adapter's name as GET /v1/loras lists "
                                "it (a path relative to the server's --lora-dir), not a path or URI",
-                               "pathNotAllowed", task_uuid)
+                               "invalidPath", task_uuid)
         resolved = Path(os.path.realpath(self.root / name))  # resolves `..` and symlinks without opening
         if resolved != self.root and self.root not in resolved.parents:
             raise RequestError(param, f"{param}: adapter {name!r} is outside the server's --lora-dir "
                                "(a `..` or a symlink out of it); use a name from GET /v1/loras",
-                               "pathNotAllowed", task_uuid)
+                               "invalidPath", task_uuid)
         if not resolved.exists():
             raise RequestError(param, f"{param}: adapter {name!r}: no such adapter in the server's --lora-dir; "
                                "GET /v1/loras lists them", CODE, task_uuid)

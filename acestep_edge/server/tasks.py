@@ -9,8 +9,8 @@ from acestep_edge.runtime.vocab import TASK_TYPE
 from acestep_edge.runtime.wire import RequestError, check_unique
 
 from .guard import PathGuard
-from .loras import check_request
 from .jobs import TERMINAL, Delivery, Job, Renderer, conflict
+from .loras import check_request
 from .wire import entry, error_of
 
 # Runware platform options with no meaning on one local machine: refused, so no client relies on them.

@@ -1,6 +1,6 @@
 """XL-size bundle export per precision (fp16, int8, int4): peak RSS, DiT and bundle bytes, one ORT DiT step.
 
-    python benchmarks/xl_quantized_export.py --checkpoint /work/scratch/xl-ckpt --out-dir /work/scratch/quant \
+    python benchmarks/xl_quantized_export.py --checkpoint ./checkpoints --out-dir ./xl-quant \
         --precisions fp16 int8 int4 [--step int8] [--keep]
 
 Each export runs alone under `/usr/bin/time -v` (its "Maximum resident set size" is the figure); the
@@ -50,8 +50,9 @@ def dit_step(out: Path, frames: int, seq: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default="/work/scratch/xl-ckpt")
-    ap.add_argument("--out-dir", default="/work/scratch/quant")
+    ap.add_argument("--checkpoint", required=True,
+                    help="the official XL checkpoint folder (DiT, vae/, Qwen3-Embedding-0.6B/)")
+    ap.add_argument("--out-dir", required=True, help="where the bundles go (each is 5-21 GB; removed unless --keep)")
     ap.add_argument("--precisions", nargs="+", default=["fp16", "int8", "int4"])
     ap.add_argument("--step", nargs="*", default=["int8"], help="precisions whose DiT runs one ORT CPU step")
     ap.add_argument("--frames", type=int, default=16)

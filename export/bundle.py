@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 
+from acestep_edge.export import low_memory
 from acestep_edge.export import parity as parity_mod
-from acestep_edge.export.graphs import GRAPH_NAMES, example_sizes, graph_specs
-from acestep_edge.export.inspect import FORMAT, FORMAT_VERSION, sha256_file
-from acestep_edge.export.lazy_weights import (
-    TensorSource,
-    attach_lazy_weights,
-    fp32_bytes,
-    materialize,
-    meta_acestep,
-    release,
-    streamed,
-    wrapper_names,
-)
-from acestep_edge.export.onnx_export import OPSET, ExportError, export_program, save_program
+from acestep_edge.export.graphs import GRAPH_NAMES, graph_specs
+from acestep_edge.export.manifest import build_manifest, default_command, graph_entry, write_files
+from acestep_edge.export.onnx_export import ExportError, attention_record, export_program, save_program
 from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan
+from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
 from acestep_edge.models.checkpoint import load_checkpoint
-from acestep_edge.models.config import PRESETS
 
-SAMPLER_DEFAULTS = {
-    "steps": 50, "shift": 3.0, "guidance": "apg", "cfg_scale": 7.0,
-    "apg": {"momentum": -0.75, "norm_threshold": 2.5, "eta": 0.0},
-    "chunk_mask": 1.0, "vae_chunk": 512, "vae_overlap": 64,
-}
 # Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
 _COMPONENT_ORDER = ("text", "vae", "acestep")
-# An ACE-Step model over this in fp32 (XL: 20 GB) takes the low-memory path, one sub-module at a time;
-# a sub-module over it (XL DiT: 16.7 GB) is traced on the meta device. Tiny and the 2B model load normally.
-LOW_MEMORY_BYTES = 4 * 2**30
-# Peak ONNX Runtime CPU memory per byte of fp32 weights, measured on the XL DiT (benchmarks/RESULTS.md).
-ORT_MEMORY_FACTOR = 1.1
-_SUBMODULE = {"condition_encoder": "encoder", "dit": "decoder", "audio_tokenizer": "tokenizer",
-              "audio_detokenizer": "detokenizer"}
 
 
 def export_bundle(
@@ -60,6 +35,8 @@ def export_bundle(
     target: str = "cpu",
     allow_over_budget: bool = False,
     ops: str | None = None,
+    full_attention: str = "auto",
+    query_block: int | None = None,
     graphs: Iterable[str] | None = None,
     parity: bool = True,
     command: str | None = None,
@@ -72,7 +49,9 @@ def export_bundle(
     interrupted export never leaves a half bundle at `out`. `precision` is the bundle default,
     `graph_precision` per-graph overrides ("vae_decoder=fp16,..." or a dict), `target` the provider the
     int8/int4 schemes are chosen for (cpu or gpu). A graph whose measured error exceeds its budget
-    fails the export unless `allow_over_budget` (then its manifest entry says so).
+    fails the export unless `allow_over_budget` (then its manifest entry says so). `ops`,
+    `full_attention` and `query_block` choose the kernels' ONNX lowering (kernels/lowering.py; ops
+    None traces the eager torch code); each graph's manifest entry records what it got (`attention`).
     """
     out = Path(out)
     names = _check_graphs(graphs)
@@ -81,16 +60,18 @@ def export_bundle(
     graph_plan = plan(precision, overrides, names)
     if target not in ("cpu", "gpu"):
         raise ValueError(f"target must be cpu or gpu, got {target!r}")
+    check_full_attention(full_attention, DEFAULT_QUERY_BLOCK if query_block is None else query_block)
     _check_out(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget)
-        manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, ops, names, parity, log)
-        manifest["export"]["command"] = command or _default_command(checkpoint, out, layout, precision, ops,
-                                                                    overrides, target)
+        job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget,
+                        ops=ops, full_attention=full_attention, query_block=query_block, parity=parity, log=log)
+        manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, names)
+        manifest["export"]["command"] = command or default_command(checkpoint, out, layout, precision, ops,
+                                                                   overrides, target, full_attention, query_block)
         if checkpoint_label:
             manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -128,11 +109,11 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, parity, log) -> dict:
+def _write_contents(root: Path, tmp: Path, layout, job_args: dict, names) -> dict:
     first = load_checkpoint(root, layout, torch.float32, components=())
     preset = first.preset
     specs = graph_specs(preset)
-    job = _Job(preset, tmp, ops=ops, parity=parity, log=log, **job_args)
+    job = _Job(preset, tmp, **job_args)
     graphs: dict[str, dict] = {}
     null_emb = None
     needed = {specs[n].component for n in names} | {"acestep"}  # acestep also holds null_condition_emb
@@ -140,10 +121,10 @@ def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, p
         if component not in needed:
             continue
         todo = [specs[n] for n in names if specs[n].component == component]
-        if component == "acestep" and fp32_bytes(meta_acestep(preset.dit)) > LOW_MEMORY_BYTES:
-            null_emb = _export_acestep_low_memory(root, layout, todo, graphs, job)
+        if component == "acestep" and low_memory.needs_low_memory(preset):
+            null_emb = low_memory.export_acestep(root, layout, todo, graphs, job, _export_one)
             continue
-        log(f"loading {component} weights from {root}")
+        job.log(f"loading {component} weights from {root}")
         ck = load_checkpoint(root, layout, torch.float32, components=(component,))
         if component == "acestep":
             null_emb = ck.acestep.null_condition_emb.detach().float().reshape(-1).numpy()
@@ -151,9 +132,9 @@ def _write_contents(root: Path, tmp: Path, layout, job_args: dict, ops, names, p
             graphs[spec.name] = _export_one(spec, spec.build(ck), job)
         del ck
         gc.collect()
-    files = _write_files(first, null_emb, tmp)
+    files = write_files(first, null_emb, tmp)
     ordered = {n: graphs[n] for n in names}  # contract order, whatever order the weights were loaded in
-    manifest = _manifest(preset, ordered, files, root, first.layout)
+    manifest = build_manifest(preset, ordered, files, root, first.layout)
     manifest["export"].update(precision=job.precision, target=job.target)
     if job.allow_over_budget:
         manifest["export"]["allow_over_budget"] = True
@@ -169,63 +150,29 @@ class _Job:
     target: str
     allow_over_budget: bool
     ops: str | None
+    full_attention: str
+    query_block: int | None
     parity: bool
     log: Callable[[str], None]
 
 
-def _export_acestep_low_memory(root: Path, layout: str, todo, graphs: dict, job: _Job) -> np.ndarray:
-    """Export the ACE-Step graphs one sub-module at a time; returns null_condition_emb.
-
-    The model is built on the meta device. A sub-module up to LOW_MEMORY_BYTES in fp32 (XL: condition
-    encoder 2.4 GB, tokenizer/detokenizer 0.4 GB) is materialised alone, exported and sent back to meta;
-    a larger one (XL DiT: 16.7 GB) is traced on meta and its weights streamed from the checkpoint.
-    """
-    job.log(f"low-memory export of the ACE-Step graphs from {root} (fp32 weights over {LOW_MEMORY_BYTES / 2**30:.0f} GiB)")
-    source = TensorSource(root, layout)
-    model = meta_acestep(job.preset.dit)
-    null_emb = source.load("null_condition_emb").reshape(-1).numpy()
-    holder = SimpleNamespace(acestep=model)
-    for spec in todo:
-        attr = _SUBMODULE[spec.name]
-        sub = getattr(model, attr)
-        if fp32_bytes(sub) > LOW_MEMORY_BYTES:
-            graphs[spec.name] = _export_one(spec, spec.build(holder), job, lazy=(model, source, attr))
-            continue
-        materialize(sub, attr + ".", source)
-        try:
-            graphs[spec.name] = _export_one(spec, spec.build(holder), job)
-        finally:
-            release(sub)
-            gc.collect()
-    return null_emb
-
-
 def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
     """Export, save and (optionally) check one graph. `lazy` = (meta model, TensorSource, sub-module
-    attribute) when `module` lives on the meta device: traced with meta inputs, weights streamed at save."""
+    attribute) when `module` lives on the meta device (export/low_memory.py)."""
     precision = job.plan[spec.name]
     job.log(f"exporting {spec.name} (precision {precision}, ops {job.ops or 'eager'}"
             f"{', traced on meta' if lazy else ''})")
     if lazy is None:
-        program = export_program(spec, module, job.preset, job.ops)
+        program = export_program(spec, module, job.preset, job.ops, full_attention=job.full_attention,
+                                 query_block=job.query_block)
     else:
-        model, source, _ = lazy
-        example = spec.example(example_sizes(), job.preset, torch.Generator().manual_seed(0))
-        # optimize=False: the optimizer's constant folding would need the weights' values.
-        program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
-                                 optimize=False)
-        attach_lazy_weights(program.model, wrapper_names(module, model), source)
+        program = low_memory.trace_on_meta(spec, module, job, lazy)
+    attention = attention_record(program.model)
     scheme = apply_precision(spec.name, precision, program.model, job.target)
     path = job.tmp / f"{spec.name}.onnx"
     data = save_program(program, path)
     del program
-    entry = {"file": path.name, "sha256": sha256_file(path), "data": data.name if data else None,
-             "data_sha256": sha256_file(data) if data else None, "bytes": path.stat().st_size,
-             "data_bytes": data.stat().st_size if data else 0, "precision": precision, "opset": OPSET,
-             "ops": job.ops or "eager", "inputs": [i.to_dict() for i in spec.inputs],
-             "outputs": [o.to_dict() for o in spec.outputs]}
-    if scheme is not None:
-        entry["quantization"] = scheme
+    entry = graph_entry(spec, path, data, precision, job.ops, attention, scheme)
     entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None
     entry["budget"] = {"max_rel_err": budget_for(spec.name, precision)}
     _check_budget(spec.name, precision, entry, job)
@@ -257,99 +204,12 @@ def _parity(spec, module, path: Path, data_bytes: int, job: _Job, lazy) -> dict:
     if lazy is None:
         refs = parity_mod.torch_references(module, inputs)
     else:
-        model, source, attr = lazy
-        reason = _lazy_parity_blocker(getattr(model, attr), data_bytes)
+        refs, reason = low_memory.streamed_references(module, inputs, lazy, data_bytes)
         if reason:
             job.log(f"  parity skipped: {reason}")
             return {"reference": "torch fp32", "runtime": "onnxruntime CPU", "skipped": reason}
-        with streamed(getattr(model, attr), attr + ".", source):  # one DiT layer in memory at a time
-            refs = parity_mod.torch_references(module, inputs)
     del module
     gc.collect()  # free the torch copy before ONNX Runtime loads its own
     result = parity_mod.compare(spec, cases, refs, parity_mod.ort_outputs(path, spec, inputs))
     job.log(f"  max rel err {result['max_rel_err']:.3g}")
     return result
-
-
-def _lazy_parity_blocker(sub, data_bytes: int) -> str | None:
-    """Why parity of a graph exported from meta cannot run here, or None when it can."""
-    if not hasattr(sub, "layers"):
-        return "no streamed torch reference for this sub-module"
-    need = int(data_bytes * ORT_MEMORY_FACTOR)
-    avail = _mem_available()
-    if avail is not None and need > avail:
-        return (f"ONNX Runtime needs ~{need / 1e9:.1f} GB for {data_bytes / 1e9:.1f} GB of fp32 weights, "
-                f"{avail / 1e9:.1f} GB available")
-    return None
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None  # not Linux: try, and let ONNX Runtime fail loudly if it must
-
-
-def _write_files(ck, null_emb: np.ndarray, tmp: Path) -> dict:
-    shutil.copyfile(ck.tokenizer_json, tmp / "tokenizer.json")
-    silence = ck.silence_latent.detach().float().numpy()
-    if silence.ndim != 3 or silence.shape[0] != 1:
-        raise ValueError(f"silence latent must be [1, N, 64], got {silence.shape}")
-    np.save(tmp / "silence_latent.npy", np.ascontiguousarray(silence[0], dtype=np.float32))
-    np.save(tmp / "null_condition_emb.npy", np.ascontiguousarray(null_emb, dtype=np.float32))
-    files = {}
-    for key, name in (("tokenizer", "tokenizer.json"), ("silence_latent", "silence_latent.npy"),
-                      ("null_condition_emb", "null_condition_emb.npy")):
-        files[key] = {"file": name, "sha256": sha256_file(tmp / name)}
-    return files
-
-
-def _variant(preset) -> str:
-    for name, factory in PRESETS.items():
-        if factory() == preset:
-            return name
-    return "custom"
-
-
-def _manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -> dict:
-    import onnx
-
-    from acestep_edge import __version__
-
-    vae = preset.vae
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": {"variant": _variant(preset), "dit": preset.dit.to_dict(), "text_encoder": preset.text.to_dict(),
-                  "vae": vae.to_dict()},
-        "audio": {"sample_rate": vae.sampling_rate, "channels": vae.audio_channels, "hop_length": vae.hop_length,
-                  "latent_rate": vae.sampling_rate // vae.hop_length, "latent_channels": vae.decoder_input_channels},
-        "sampler_defaults": json.loads(json.dumps(SAMPLER_DEFAULTS)),
-        "graphs": graphs,
-        "files": files,
-        "export": {"acestep_edge": __version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
-                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                   "checkpoint": str(root), "layout": layout, "command": None},
-    }
-
-
-def _default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu") -> str:
-    parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
-    if layout != "auto":
-        parts += ["--layout", layout]
-    parts += ["--precision", precision]
-    if overrides:
-        parts += ["--graph-precision", ",".join(f"{g}={p}" for g, p in overrides.items())]
-    if target != "cpu":
-        parts += ["--target", target]
-    if ops:
-        parts += ["--ops", ops]
-    return " ".join(parts)
-
-
-def invoked_command() -> str:
-    """The command line that started this process, for the manifest."""
-    return " ".join(["acestep-edge"] + sys.argv[1:]) if sys.argv else "acestep-edge export"

@@ -10,10 +10,12 @@ import sys
 
 import click
 
+from acestep_edge.kernels.lowering import FULL_ATTENTION  # torch-free at import
+from acestep_edge.kernels.lowering import MODES as OPS
+
+# export/graphs.py GRAPH_NAMES, restated because that module imports torch (tests/test_export.py checks both agree).
 GRAPHS = ("text_encoder", "condition_encoder", "dit", "vae_decoder", "vae_encoder", "audio_tokenizer",
           "audio_detokenizer")
-OPS = ("standard", "ort", "plain")
-FULL_ATTENTION = ("auto", "chunked", "fused")
 
 
 def _log(msg: str) -> None:
@@ -70,19 +72,15 @@ def export_command(checkpoint, out, layout, precision, graph_precision, target, 
     Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
     """
     try:
-        from acestep_edge.export.bundle import export_bundle, invoked_command
+        from acestep_edge.export.bundle import export_bundle
+        from acestep_edge.export.manifest import invoked_command
     except ImportError as exc:
         raise click.ClickException(
             f"export needs the [export] extra ({exc.name or exc} is missing): pip install 'acestep-edge[export]'"
         ) from exc
-    from acestep_edge.export.onnx_export import ExportError, attention_lowering, full_attention_modes, ops_modes
+    from acestep_edge.export.onnx_export import ExportError
     from acestep_edge.models.checkpoint import CheckpointError
 
-    if ops not in ops_modes():
-        raise click.BadParameter(f"this installation offers ops {', '.join(ops_modes()) or 'none'}", param_hint="--ops")
-    if full_attention not in full_attention_modes():
-        raise click.BadParameter(f"this installation offers {', '.join(full_attention_modes()) or 'none'}",
-                                 param_hint="--full-attention")
     if query_block is not None and (full_attention == "fused" or (full_attention == "auto" and ops == "plain")):
         raise click.BadParameter(f"--query-block sets the chunked lowering, which --full-attention {full_attention} "
                                  f"with --ops {ops} never uses (drop it, or pass --full-attention chunked)",
@@ -95,10 +93,10 @@ def export_command(checkpoint, out, layout, precision, graph_precision, target, 
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--graph-precision") from exc
     try:
-        with attention_lowering(full_attention, query_block):
-            path = export_bundle(checkpoint, out, layout=layout, precision=precision, graph_precision=overrides,
-                                 target=target, allow_over_budget=allow_over_budget, ops=ops, graphs=graphs or None,
-                                 parity=not skip_parity, command=invoked_command(), log=_log)
+        path = export_bundle(checkpoint, out, layout=layout, precision=precision, graph_precision=overrides,
+                             target=target, allow_over_budget=allow_over_budget, ops=ops,
+                             full_attention=full_attention, query_block=query_block, graphs=graphs or None,
+                             parity=not skip_parity, command=invoked_command(), log=_log)
     except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     from acestep_edge.export.inspect import inspect_bundle

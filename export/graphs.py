@@ -16,7 +16,6 @@ from torch import nn
 
 from acestep_edge.models.acestep import AceStepModel
 from acestep_edge.models.config import ModelPreset
-from acestep_edge.models.layers import rope_for_length
 from acestep_edge.models.text_encoder import Qwen3TextEncoder
 from acestep_edge.models.vae import OobleckVae
 
@@ -62,34 +61,16 @@ class ConditionEncoderGraph(nn.Module):
 
 
 class DiTGraph(nn.Module):
-    """DiT velocity with the context [src_latents | chunk_mask×64] built inside.
-
-    Mirrors `DiT.forward` step by step but pads to the patch size unconditionally (a zero-length
-    pad when T is even): `DiT.forward`'s `if pad:` would make the exporter specialise T's parity.
-    """
+    """DiT velocity with the context [src_latents | chunk_mask×64] built inside, then `DiT.forward`."""
 
     def __init__(self, model: AceStepModel):
         super().__init__()
         self.dit = model.decoder
 
     def forward(self, x, t, encoder_states, src_latents, chunk_mask):
-        dit = self.dit
         channels = src_latents.shape[-1]
         mask = chunk_mask.to(src_latents.dtype)[:, :, None].expand(-1, -1, channels)
-        h = torch.cat([src_latents, mask, x], dim=-1)
-        temb, modulation = dit.time_conditioning(t)
-        length = h.shape[1]
-        patch = dit.cfg.patch_size
-        h = nn.functional.pad(h, (0, 0, 0, (patch - length % patch) % patch))
-        h = dit.proj_in["1"](h.transpose(1, 2)).transpose(1, 2)
-        rope = rope_for_length(h.shape[1], dit.cfg.head_dim, dit.cfg.rope_theta, h.device, h.dtype)
-        embedded = dit.embed_condition(encoder_states)
-        for layer in dit.layers:
-            h = layer(h, rope, modulation, encoder_states=embedded)
-        shift, scale = (dit.scale_shift_table + temb[:, None, :]).chunk(2, dim=1)
-        h = (dit.norm_out(h) * (1 + scale) + shift).to(h.dtype)
-        out = dit.proj_out["1"](h.transpose(1, 2)).transpose(1, 2)
-        return out[:, :length, :]
+        return self.dit(x, t, encoder_states, torch.cat([src_latents, mask], dim=-1))
 
 
 class VaeDecoderGraph(nn.Module):
@@ -277,8 +258,6 @@ def graph_specs(preset: ModelPreset) -> dict[str, GraphSpec]:
                          "raise TRACE_WINDOW in export/graphs.py")
     if preset.dit.pool_window_size != 5:
         raise ValueError(f"the bundle contract assumes a pool window of 5 frames, got {preset.dit.pool_window_size}")
-    if hop * 1 != preset.vae.hop_length:
-        raise ValueError("inconsistent VAE hop length")
     return {s.name: s for s in specs}
 
 

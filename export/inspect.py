@@ -91,6 +91,23 @@ def scheme_text(graph: dict) -> str:
     return ", ".join(parts)
 
 
+def attention_text(graph: dict) -> str:
+    """One line for a graph's attention lowering (the manifest's `attention` record; older bundles lack it)."""
+    rec = graph.get("attention")
+    if not rec:
+        return f"ops {graph.get('ops', '?')}; forms not recorded (exported before per-graph attention records)"
+    if rec.get("ops") == "eager":
+        return "ops eager (traced from the torch code, no lowering)"
+    full = rec.get("full")
+    parts = [f"ops {rec.get('ops')}",
+             "no full/cross attention" if not full else
+             f"full/cross {full}" + (f" (query block {rec['query_block']})" if rec.get("query_block") else ""),
+             f"sliding {rec['sliding']}" if rec.get("sliding") else "no sliding-window attention"]
+    if rec.get("requested"):
+        parts.append(f"--full-attention {rec['requested']}")
+    return ", ".join(parts)
+
+
 def inspect_bundle(path: str | Path, verify: bool = False) -> str:
     """A readable summary: model, graphs (sizes, precision, ops, IO, parity) and files."""
     bundle = Path(path)
@@ -126,6 +143,7 @@ def inspect_bundle(path: str | Path, verify: bool = False) -> str:
             f"  {name}: {g.get('file')}{data}  {_size(size)}  {g.get('precision')}  opset {g.get('opset')}  "
             f"ops {g.get('ops')}  {par_txt}",
             f"    scheme: {scheme_text(g)}",
+            f"    attention: {attention_text(g)}",
             f"    in:  {_io(g.get('inputs', []))}",
             f"    out: {_io(g.get('outputs', []))}",
         ]

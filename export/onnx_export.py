@@ -23,52 +23,16 @@ class ExportError(RuntimeError):
     """A graph that could not be exported or saved; the message names the graph and the cause."""
 
 
-def ops_modes() -> tuple[str, ...]:
-    """The `--ops` choices the kernels package offers (empty when it has no lowering switch)."""
-    try:
-        from acestep_edge.kernels.lowering import MODES
-    except ImportError:
-        return ()
-    return tuple(MODES)
-
-
-def full_attention_modes() -> tuple[str, ...]:
-    """The `--full-attention` choices the kernels package offers (empty when it has none)."""
-    try:
-        from acestep_edge.kernels.lowering import FULL_ATTENTION
-    except ImportError:
-        return ()
-    return tuple(FULL_ATTENTION)
-
-
-# How full/cross attention is lowered by `export_program` calls that do not say (see
-# kernels/lowering.py): 'auto' | 'chunked' | 'fused', and the chunked lowering's query block.
-_attention_defaults: dict = {"full_attention": "auto", "query_block": None}
-
-
-@contextlib.contextmanager
-def attention_lowering(full_attention: str = "auto", query_block: int | None = None):
-    """Within the block, every graph exported without explicit options uses these (e.g. a whole bundle)."""
-    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
-
-    check_full_attention(full_attention, DEFAULT_QUERY_BLOCK if query_block is None else query_block)
-    previous = dict(_attention_defaults)
-    _attention_defaults.update(full_attention=full_attention, query_block=query_block)
-    try:
-        yield
-    finally:
-        _attention_defaults.update(previous)
-
-
 @contextlib.contextmanager
 def _lowering(ops: str | None, full_attention: str, query_block: int):
+    """(custom translation table, {attention kind: forms used}) while tracing under `ops` (None: eager)."""
     if ops is None:
-        yield {}
+        yield {}, {}
         return
     from acestep_edge.kernels.lowering import translation_table, use_lowering
 
-    with use_lowering(ops, full_attention=full_attention, query_block=query_block):
-        yield translation_table(ops, OPSET)
+    with use_lowering(ops, full_attention=full_attention, query_block=query_block) as used:
+        yield translation_table(ops, OPSET), used
 
 
 @contextlib.contextmanager
@@ -91,22 +55,24 @@ def _quiet_exporter():
 
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
-                   args: tuple | None = None, optimize: bool = True, full_attention: str | None = None,
+                   args: tuple | None = None, optimize: bool = True, full_attention: str = "auto",
                    query_block: int | None = None):
     """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
 
-    `full_attention` ('auto', 'chunked', 'fused') and `query_block` choose the full/cross attention
-    lowering under `ops` (see kernels/lowering.py); None takes `attention_lowering`'s setting.
+    `ops` picks the kernels' ONNX forms (None: trace the eager torch code); `full_attention` ('auto',
+    'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it
+    (kernels/lowering.py). The choices and the forms the graph ended up with are written into the
+    model's metadata (`attention_record` reads them back).
     """
-    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK
+    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
 
+    query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
+    check_full_attention(full_attention, query_block)
     if args is None:
         args = spec.example(example_sizes(), preset, torch.Generator().manual_seed(0))
-    full_attention = full_attention or _attention_defaults["full_attention"]
-    query_block = query_block or _attention_defaults["query_block"] or DEFAULT_QUERY_BLOCK
     module = module.eval()
     try:
-        with _lowering(ops, full_attention, query_block) as table, _quiet_exporter(), torch.no_grad():
+        with _lowering(ops, full_attention, query_block) as (table, used), _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=spec.dynamic(),
                 input_names=[i.name for i in spec.inputs], output_names=[o.name for o in spec.outputs],
@@ -116,9 +82,27 @@ def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | 
         raise ExportError(f"exporting graph {spec.name!r} (ops={ops}) failed: {type(exc).__name__}: {exc}") from exc
     rename_dims(program.model, spec)
     if ops is not None:  # the graph says how it was lowered (onnx.load(...).metadata_props)
-        program.model.metadata_props.update({"acestep.ops": ops, "acestep.full_attention": full_attention,
-                                             "acestep.query_block": str(query_block)})
+        program.model.metadata_props.update({
+            "acestep.ops": ops, "acestep.full_attention": full_attention, "acestep.query_block": str(query_block),
+            "acestep.full_attention_forms": "+".join(sorted(used.get("full", ()))),
+            "acestep.sliding_attention_forms": "+".join(sorted(used.get("sliding", ())))})
     return program
+
+
+def attention_record(model) -> dict:
+    """The manifest's per-graph `attention` record, from the metadata `export_program` wrote.
+
+    {"ops", "full" (the form full/cross attention took: chunked, fused, or null when the graph has
+    none), "query_block" (chunked only), "sliding" (blocked, or null), "requested" (--full-attention)}.
+    """
+    meta = model.metadata_props
+    if "acestep.ops" not in meta:
+        return {"ops": "eager", "full": None, "query_block": None, "sliding": None, "requested": None}
+    full = meta.get("acestep.full_attention_forms") or None
+    return {"ops": meta["acestep.ops"], "full": full,
+            "query_block": int(meta["acestep.query_block"]) if full and "chunked" in full else None,
+            "sliding": meta.get("acestep.sliding_attention_forms") or None,
+            "requested": meta["acestep.full_attention"]}
 
 
 def rename_dims(model, spec: GraphSpec) -> None:
@@ -169,12 +153,3 @@ def save_program(program, path: str | Path) -> Path | None:
     except Exception as exc:
         raise ExportError(f"{path.name} fails the ONNX checker: {exc}") from exc
     return data
-
-
-def export_graph(spec: GraphSpec, module: torch.nn.Module, preset, out_dir: str | Path,
-                 ops: str | None = None) -> tuple[Path, Path | None]:
-    """Export and save one graph as `<out_dir>/<name>.onnx` (+ `.onnx.data`); returns both paths."""
-    program = export_program(spec, module, preset, ops)
-    path = Path(out_dir) / f"{spec.name}.onnx"
-    data = save_program(program, path)
-    return path, data

@@ -1,8 +1,8 @@
-"""Precision passes and the per-graph precision plan of a bundle (fp32, fp16, int8, int4).
+"""The per-graph precision plan of a bundle (fp32, fp16, int8, int4), the rewrite to it, and error budgets.
 
-A pass takes the graph name and the fp32 `onnx_ir.Model` and returns the model to save; it runs
-before `onnx_ir.save`, and every weight it derives is computed lazily while the file is written
-(export/quantize_graph.py), so the XL path never holds an fp32 copy of its weights.
+`apply_precision` rewrites a graph's fp32 `onnx_ir.Model` in place before `onnx_ir.save`; every weight
+it derives is computed lazily while the file is written (export/quantize_graph.py), so the XL path
+never holds an fp32 copy of its weights.
 
 `--precision` picks a bundle-wide default per graph (DEFAULTS); `--graph-precision` overrides single
 graphs, within what each graph supports (ALLOWED). Graph IO stays float32 in every precision.
@@ -10,11 +10,8 @@ graphs, within what each graph supports (ALLOWED). Graph IO stays float32 in eve
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from acestep_edge.export.graphs import GRAPH_NAMES
 
-PrecisionPass = Callable[[str, object], object]
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 # What each graph may be exported in, and why not the rest.
@@ -87,31 +84,15 @@ def plan(precision: str, overrides: dict[str, str] | None = None, graphs=GRAPH_N
     return result
 
 
-def precisions() -> tuple[str, ...]:
-    return PRECISIONS
-
-
-def get_pass(name: str, target: str = "cpu") -> PrecisionPass:
-    """The pass for precision `name` (quantised schemes chosen for `target`: cpu or gpu)."""
-    if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; available: {', '.join(PRECISIONS)}")
-
-    def run(graph_name: str, model):
-        apply_precision(graph_name, name, model, target)
-        return model
-
-    return run
-
-
 def apply_precision(graph_name: str, precision: str, model, target: str = "cpu") -> dict | None:
     """Rewrite `model` (onnx_ir) in place to `precision`; returns the manifest's `quantization` record
-    (None for fp32). With model=None only the record is built."""
+    (None for fp32)."""
     if precision == "fp32":
         return None
     if precision == "fp16":
         from acestep_edge.export.fp16 import convert_fp16
 
-        count = convert_fp16(model) if model is not None else None
+        count = convert_fp16(model)
         return {"op": "fp16 weights: MatMul/Gemm/Conv/ConvTranspose/Gather in fp16, fp32 between them",
                 "bits": 16, "block_size": None, "symmetric": None, "accuracy_level": None,
                 "provider": "any", "rewritten_ops": count,
@@ -120,10 +101,9 @@ def apply_precision(graph_name: str, precision: str, model, target: str = "cpu")
 
     scheme = scheme_for(precision, target)
     record = scheme.to_dict()
-    if model is not None:
-        record["rewritten_ops"] = quantize_model(model, scheme)
-        if record["rewritten_ops"] == 0:
-            raise ValueError(f"{graph_name}: no transformer linear layers found to quantise to {precision}")
+    record["rewritten_ops"] = quantize_model(model, scheme)
+    if record["rewritten_ops"] == 0:
+        raise ValueError(f"{graph_name}: no transformer linear layers found to quantise to {precision}")
     return record
 
 

@@ -1,7 +1,8 @@
 """Scaled dot-product attention with GQA, bidirectional ±window band, causal and key padding.
 
 Torch function (used by models/) and numpy reference. The band is inclusive: query i sees key j
-iff |i − j| ≤ window (official `create_4d_mask`, SPEC §6.11). ONNX lowerings live in
+iff |i − j| ≤ window (ace-step/ACE-Step-1.5 modeling_acestep_v15_xl_base.py `create_4d_mask`,
+bidirectional sliding case). ONNX lowerings live in
 `attention_onnx.py`.
 """
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from acestep_edge.kernels.attention import attention as _eager_attention
-from acestep_edge.kernels.lowering import eager, full_attention_form, query_block
+from acestep_edge.kernels.lowering import eager, full_attention_form, note_form, query_block
 
 _MASKED = torch.finfo(torch.float32).min  # finite: a fully masked (padding) row gives no NaN
 
@@ -31,7 +31,8 @@ def _check_heads(q, k, v) -> int:
 
 
 def _softmax_fp32(scores, mask, dtype):
-    """Softmax in fp32 (SPEC §6.3) with a boolean mask; result cast back to the value dtype."""
+    """Softmax in fp32 (as transformers models/qwen3/modeling_qwen3.py `eager_attention_forward`) with a boolean mask;
+    result cast back to the value dtype."""
     scores = scores.float()
     if mask is not None:
         scores = torch.where(mask, scores, _MASKED)
@@ -179,6 +180,7 @@ def _(q, k, v, key_padding_mask, causal, scale, block):
 def lowered_attention(mode: str, q, k, v, *, window=None, causal=False, key_padding_mask=None, scale=None):
     """What `attention()` runs when a lowering mode is active."""
     if window is not None:
+        note_form("sliding", "blocked")
         return blocked_local_attention(q, k, v, window, scale=scale, causal=causal, key_padding_mask=key_padding_mask)
     _check_heads(q, k, v)
     scale = None if scale is None else float(scale)

@@ -27,9 +27,12 @@ FULL_ATTENTION = ("auto", "chunked", "fused")
 # benchmarks/full_attention_memory.py (see benchmarks/RESULTS.md).
 DEFAULT_QUERY_BLOCK = 64
 
+# The trace-time switch. Only `use_lowering` sets it (export/onnx_export.py enters it around one
+# graph's export with explicit arguments); the kernels read it while torch traces them.
 _mode: str | None = None
 _full_attention: str = "auto"
 _query_block: int = DEFAULT_QUERY_BLOCK
+_used: dict[str, set[str]] | None = None  # attention kind → lowered forms chosen inside use_lowering
 
 
 def current_mode() -> str | None:
@@ -52,6 +55,12 @@ def check_full_attention(full_attention, query_block) -> tuple[str, int]:
     return full_attention, query_block
 
 
+def note_form(kind: str, form: str) -> None:
+    """Record that an attention call of `kind` ('full', 'sliding') was lowered to `form`."""
+    if _used is not None:
+        _used.setdefault(kind, set()).add(form)
+
+
 def full_attention_form(mode: str, masked: bool, causal: bool) -> str:
     """'chunked' or 'fused' for one full/cross attention call under `mode` and the active setting.
 
@@ -60,10 +69,13 @@ def full_attention_form(mode: str, masked: bool, causal: bool) -> str:
     flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
     """
     if _full_attention != "auto":
-        return _full_attention
-    if mode == "standard" or (mode == "ort" and (masked or causal)):
-        return "chunked"
-    return "fused"
+        form = _full_attention
+    elif mode == "standard" or (mode == "ort" and (masked or causal)):
+        form = "chunked"
+    else:
+        form = "fused"
+    note_form("full", form)
+    return form
 
 
 def query_block() -> int:
@@ -72,16 +84,20 @@ def query_block() -> int:
 
 @contextlib.contextmanager
 def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK):
-    """Within the block, kernels trace to `mode`'s ONNX form (module-level state, not thread-safe)."""
-    global _mode, _full_attention, _query_block
+    """Within the block, kernels trace to `mode`'s ONNX form (module-level state, not thread-safe).
+
+    Yields {attention kind: set of forms} filled while tracing: what the graph actually contains.
+    """
+    global _mode, _full_attention, _query_block, _used
     _check_mode(mode)
     check_full_attention(full_attention, query_block)
-    previous = _mode, _full_attention, _query_block
-    _mode, _full_attention, _query_block = mode, full_attention, query_block
+    previous = _mode, _full_attention, _query_block, _used
+    used: dict[str, set[str]] = {}
+    _mode, _full_attention, _query_block, _used = mode, full_attention, query_block, used
     try:
-        yield mode
+        yield used
     finally:
-        _mode, _full_attention, _query_block = previous
+        _mode, _full_attention, _query_block, _used = previous
 
 
 @contextlib.contextmanager

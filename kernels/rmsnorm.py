@@ -1,4 +1,7 @@
-"""RMSNorm with fp32 statistics (Qwen3RMSNorm semantics; SPEC §6.1): torch function and numpy reference."""
+"""RMSNorm with fp32 statistics: torch function and numpy reference.
+
+Semantics of transformers models/qwen3/modeling_qwen3.py `Qwen3RMSNorm`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Rotary position embedding, Qwen3 style (angles in fp32; SPEC §1.8, §6.5): torch and numpy."""
+"""Rotary position embedding, Qwen3 style (angles in fp32, as transformers models/qwen3/modeling_qwen3.py
+`Qwen3RotaryEmbedding.forward`): torch and numpy."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ from .dit import DiT
 
 
 class AceStepModel(nn.Module):
-    """Mirrors AceStepConditionGenerationModel's parameters (SPEC §2): `decoder.*`, `encoder.*`,
-    `tokenizer.*`, `detokenizer.*`, `null_condition_emb`.
+    """Mirrors the parameters of `AceStepConditionGenerationModel.__init__`
+    (ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py):
+    `decoder.*`, `encoder.*`, `tokenizer.*`, `detokenizer.*`, `null_condition_emb`.
 
     The encoder, tokenizer and detokenizer are built from the encoder view of the config (2048 wide
     for XL) while the decoder is 2560 wide.
@@ -30,7 +31,8 @@ class AceStepModel(nn.Module):
         self.null_condition_emb = nn.Parameter(torch.zeros(1, 1, cfg.encoder_hidden_size))
 
     def null_condition(self, encoder_states: torch.Tensor) -> torch.Tensor:
-        """The unconditional branch: the learned vector broadcast over every encoder position (SPEC §3.2)."""
+        """The unconditional branch: the learned vector broadcast over every encoder position
+        (official `generate_audio`: `null_condition_emb.expand_as(encoder_hidden_states)`)."""
         return self.null_condition_emb.to(encoder_states.dtype).expand_as(encoder_states)
 
     def audio_hints(self, latents: torch.Tensor) -> torch.Tensor:

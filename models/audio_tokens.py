@@ -1,4 +1,8 @@
-"""Audio tokenizer (attention pooler + FSQ) and detokenizer: 25 Hz latents ↔ 5 Hz codes (SPEC §1.7)."""
+"""Audio tokenizer (attention pooler + FSQ) and detokenizer: 25 Hz latents ↔ 5 Hz codes.
+
+As `AceStepAudioTokenizer`, `AttentionPooler` and `AudioTokenDetokenizer` in
+ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ class FSQ(nn.Module):
     """ResidualFSQ(dim, levels, num_quantizers=1) as vector-quantize-pytorch ≥ 1.27.15 computes it.
 
     That library version (the official requirement) builds its FSQ layers with `preserve_symmetry=True`
-    and a hard-clamped bound, after a soft clamp tanh(z/c)·c with c = 1 + 1/(L−1). SPEC §1.7 describes
-    the older asymmetric `bound`/round; the library code is what the model was trained with, and
-    `tests/test_fsq.py` checks us against it. Runs in fp32 whatever the module dtype (SPEC §6.7).
+    and a hard-clamped bound, after a soft clamp tanh(z/c)·c with c = 1 + 1/(L−1). Older
+    vector-quantize-pytorch versions had an asymmetric `bound`/round; the library code is what the
+    model was trained with, and `tests/test_fsq.py` checks us against it. Runs in fp32 whatever the
+    module dtype, as the official tokenizer forces.
     """
 
     def __init__(self, dim: int, levels: tuple[int, ...], num_quantizers: int = 1):

@@ -5,9 +5,9 @@ Official layout (a checkpoints folder):
                                                silence_latent.pt  ([1, 64, N])
     <root>/vae/config.json, diffusion_pytorch_model.safetensors
     <root>/Qwen3-Embedding-0.6B/config.json, model.safetensors, tokenizer.json
-Diffusers layout (SPEC §2): transformer/, condition_encoder/ (holds null_condition_emb and a
-silence_latent buffer [1, N, 64]), audio_tokenizer/, audio_token_detokenizer/, vae/, text_encoder/,
-tokenizer/tokenizer.json, model_index.json.
+Diffusers layout (diffusers scripts/convert_ace_step_to_diffusers.py): transformer/,
+condition_encoder/ (holds null_condition_emb and a silence_latent buffer [1, N, 64]), audio_tokenizer/,
+audio_token_detokenizer/, vae/, text_encoder/, tokenizer/tokenizer.json, model_index.json.
 
 Modules are built on the meta device and the tensors are read one at a time from the safetensors
 files (memory-mapped), cast to the asked dtype and attached with `load_state_dict(assign=True)`,

@@ -1,4 +1,8 @@
-"""Condition encoder: text projector, lyric encoder, timbre encoder and sequence packing (SPEC §1.4–1.6)."""
+"""Condition encoder: text projector, lyric encoder, timbre encoder and sequence packing.
+
+As `AceStepConditionEncoder` and `pack_sequences` in
+ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py.
+"""
 
 from __future__ import annotations
 

@@ -14,9 +14,24 @@ def default_layer_types(num_layers: int) -> tuple[str, ...]:
     return tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(num_layers))
 
 
+class _JsonConfig:
+    """`from_json` and the known-field filter the three configs share (each has its own `from_dict`)."""
+
+    @classmethod
+    def known_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The entries of `data` that name one of our fields; unknown keys (HF bookkeeping) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in data.items() if k in names}
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass(frozen=True)
-class AceStepConfig:
-    """Fields of the official `config.json` of an ACE-Step v1.5 DiT checkpoint (SPEC §1.1).
+class AceStepConfig(_JsonConfig):
+    """Fields of the official `config.json` of an ACE-Step v1.5 DiT checkpoint (`AceStepConfig`,
+    configuration_acestep_v15.py beside ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py).
 
     `hidden_size`/`intermediate_size`/heads describe the DiT; the `encoder_*` fields describe the
     condition encoder, audio tokenizer and detokenizer (see `encoder_view`).
@@ -72,7 +87,8 @@ class AceStepConfig:
         return None
 
     def encoder_view(self) -> "AceStepConfig":
-        """The config the official code builds for encoder/tokenizer/detokenizer (SPEC §1.1).
+        """The config the official code builds for encoder/tokenizer/detokenizer
+        (`AceStepConditionGenerationModel.__init__`'s `encoder_config`).
 
         Only four fields change; `layer_types` and everything else are inherited.
         """
@@ -93,9 +109,8 @@ class AceStepConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AceStepConfig":
-        """Read the fields we know from a checkpoint config; unknown keys (HF bookkeeping) are ignored."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        """Read the fields we know from a checkpoint config (derived defaults filled in)."""
+        kwargs = cls.known_fields(data)
         n = int(kwargs.get("num_hidden_layers", cls.num_hidden_layers))
         if kwargs.get("layer_types") is None:
             kwargs["layer_types"] = default_layer_types(n)
@@ -108,14 +123,10 @@ class AceStepConfig:
             )
         return cls(**kwargs)
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "AceStepConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 @dataclass(frozen=True)
-class TextEncoderConfig:
-    """Qwen3-Embedding-0.6B (a plain Qwen3Model; SPEC §1.3), in transformers' config names."""
+class TextEncoderConfig(_JsonConfig):
+    """Qwen3-Embedding-0.6B, in transformers' config names (a plain `Qwen3Model`, models/qwen3/modeling_qwen3.py)."""
 
     vocab_size: int = 151669
     hidden_size: int = 1024
@@ -139,20 +150,15 @@ class TextEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TextEncoderConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = cls.known_fields(data)
         if kwargs.get("head_dim") is None:
             kwargs["head_dim"] = int(kwargs["hidden_size"]) // int(kwargs["num_attention_heads"])
         return cls(**kwargs)
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "TextEncoderConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 @dataclass(frozen=True)
-class VaeConfig:
-    """AutoencoderOobleck (SPEC §1.9), in diffusers' config names."""
+class VaeConfig(_JsonConfig):
+    """diffusers models/autoencoders/autoencoder_oobleck.py `AutoencoderOobleck`, in its config names."""
 
     encoder_hidden_size: int = 128
     downsampling_ratios: tuple[int, ...] = (2, 4, 4, 6, 10)
@@ -183,16 +189,11 @@ class VaeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VaeConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = cls.known_fields(data)
         for k in ("downsampling_ratios", "channel_multiples"):
             if k in kwargs:
                 kwargs[k] = tuple(kwargs[k])
         return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "VaeConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class ModelPreset:
 
 
 def xl_base() -> ModelPreset:
-    """ACE-Step v1.5 XL Base (SPEC §1.1–1.2)."""
+    """ACE-Step v1.5 XL Base (the ACE-Step/acestep-v15-xl-base checkpoint's config)."""
     return ModelPreset(AceStepConfig(), TextEncoderConfig(), VaeConfig())
 
 

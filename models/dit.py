@@ -1,4 +1,7 @@
-"""The DiT decoder (AceStepDiTModel, SPEC §1.8): patching, dual time embeddings, AdaLN layers, output head."""
+"""The DiT decoder: patching, dual time embeddings, AdaLN layers, output head.
+
+As `AceStepDiTModel` in ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from .layers import MLP, Attention, RMSNorm, rope_for_length
 
 
 def timestep_sinusoid(t: torch.Tensor, dim: int = 256, scale: float = 1000.0, max_period: float = 10000.0):
-    """[cos | sin] of (scale·t)·exp(−ln(max_period)·k/half), computed in fp32 (SPEC §1.8, §6.5)."""
+    """[cos | sin] of (scale·t)·exp(−ln(max_period)·k/half), computed in fp32
+    (official `TimestepEmbedding.timestep_embedding`)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = (t * scale).to(torch.float32)[:, None] * freqs[None, :]
@@ -105,20 +109,20 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         """x [B, T, 64], t [B], encoder_states [B, S, enc_dim], context [B, T, 128] → velocity [B, T, 64].
 
-        Encoder padding masks are ignored, as in the official forward (SPEC §1.8 "DiT masks").
+        Encoder padding masks are ignored, as in the official `AceStepDiTModel.forward`,
+        which sets both masks to None before building its own.
         Pass `cross_kv` (from `cross_kv(embed_condition(...))`) to skip recomputing K/V every step.
         """
         temb, modulation = self.time_conditioning(t, r)
         h = torch.cat([context, x], dim=-1)
         length = h.shape[1]
-        pad = (-length) % self.cfg.patch_size
-        if pad:
-            h = nn.functional.pad(h, (0, 0, 0, pad))
+        patch = self.cfg.patch_size
+        # Always pad (by zero frames when T fits): an `if pad:` would make the ONNX exporter
+        # specialise the graph to T's parity (export/graphs.py DiTGraph traces this forward).
+        h = nn.functional.pad(h, (0, 0, 0, (patch - length % patch) % patch))
         h = self.proj_in["1"](h.transpose(1, 2)).transpose(1, 2)
         rope = rope_for_length(h.shape[1], self.cfg.head_dim, self.cfg.rope_theta, h.device, h.dtype)
-        embedded = None
-        if cross_kv is None:
-            embedded = self.embed_condition(encoder_states)
+        embedded = self.embed_condition(encoder_states) if cross_kv is None else None
         for i, layer in enumerate(self.layers):
             kv = cross_kv[i] if cross_kv is not None else None
             h = layer(h, rope, modulation, encoder_states=embedded, cross_kv=kv)

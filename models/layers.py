@@ -1,6 +1,7 @@
 """Building blocks shared by the condition encoder, audio tokenizer and DiT: RMSNorm, attention, MLP, encoder layer.
 
-Parameter names follow the official ACE-Step v1.5 modules (SPEC §2) so checkpoints load unchanged.
+Parameter names follow the official modules (`AceStepAttention`, `AceStepEncoderLayer` in
+ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py) so checkpoints load unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .config import AceStepConfig
 
 
 class RMSNorm(nn.Module):
+    """Learned-scale RMSNorm over the last axis (`kernels.rmsnorm`); one `weight`, as Qwen3RMSNorm names it."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))

@@ -1,14 +1,17 @@
-"""PyTorch reference text2music pipeline (SPEC §3–4, DESIGN §5): the baseline the ONNX runtime is compared with.
+"""PyTorch reference text2music pipeline: the baseline the ONNX runtime is compared with.
 
 Prompts → tokenizer → Qwen3 text encoder → condition encoder → Euler sampling with APG / CFG / ADG
-and the CFG interval → NaN/zero guard → tiled VAE decode → length fit → anti-clip → −1 dBFS peak.
+and the CFG interval → NaN/zero guard → tiled VAE decode → length fit → anti-clip → −1 dBFS peak,
+as the official code (ace-step/ACE-Step-1.5: acestep/models/xl_base/modeling_acestep_v15_xl_base.py
+`generate_audio`, acestep/core/generation/handler/generate_music_decode.py, acestep/inference.py
+`generate_music`) with the decisions of docs/design.md ("Decisions a user can see").
 
-Decisions (beyond SPEC/DESIGN):
-- Schedule, guidance and the Euler state run in torch here, never through runtime/sampler.py
-  (DESIGN §1), so runtime-vs-reference parity compares two implementations. Only the prompt
-  strings and tokenizer setup (runtime/prompts.py, torch-free) are shared.
+Decisions of this module:
+- Schedule, guidance and the Euler state run in torch (models/reference_sampling.py), never through
+  runtime/sampler.py (docs/design.md, "One render"), so runtime-vs-reference parity compares two
+  implementations. Only the prompt strings and tokenizer setup (runtime/prompts.py, torch-free) are shared.
 - Precision: the networks run in the chosen dtype (fp32/fp16/bf16); the condition encoder stays
-  fp32 by default (its lyric encoder overflows fp16, SPEC §6.2; DESIGN §7). The schedule, the
+  fp32 by default (its lyric encoder overflows fp16: docs/design.md, "Precision"). The schedule, the
   state x and the Euler update are fp32; guidance math is float64 (the official code does the APG
   projection in float64 and the rest in the model dtype, so this is at least as accurate).
 - Outside the CFG interval (or with cfg_scale <= 1) the DiT runs on the conditional branch only
@@ -23,10 +26,9 @@ Decisions (beyond SPEC/DESIGN):
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +42,8 @@ from acestep_edge.runtime.prompts import (
 )
 
 from .checkpoint import load_checkpoint
+from .reference_sampling import (GUIDANCE_KINDS, Step, check_integer, check_interval, check_number, euler_sample,
+                                 schedule)
 from .vae import tiled_decode
 
 SAMPLE_RATE = 48000
@@ -47,38 +51,14 @@ HOP = 1920
 MIN_FRAMES = 128
 MAX_DURATION = 600.0
 LATENT_CHANNELS = 64
-CHUNK_MASK_VALUE = 1.0  # DESIGN §5: full-span tasks use 1.0, not the 2.0 "auto" sentinel
+CHUNK_MASK_VALUE = 1.0  # full-span tasks use 1.0, not the official 2.0 "auto" sentinel (docs/design.md)
 
-GUIDANCE_KINDS = ("apg", "cfg", "adg")
-APG_MOMENTUM = -0.75
-APG_NORM_THRESHOLD = 2.5
-APG_ETA = 0.0
-ADG_ANGLE_CLIP = 3.14 / 6  # the official code writes pi/6 as 3.14/6
 PEAK_TARGET = 10.0 ** (-1.0 / 20.0)  # −1 dBFS
 SILENT_PEAK = 1e-6
-_INTERVAL_SLACK = 1e-6
 
 
 class RenderError(RuntimeError):
     """Sampling produced unusable latents (NaN/Inf or all zeros); nothing should be written."""
-
-
-def _number(name: str, value, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-    return value
-
-
-def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -107,16 +87,16 @@ class ReferenceParams:
             raise ValueError(f"caption must be a string, got {type(self.caption).__name__}")
         if self.lyrics is not None and not isinstance(self.lyrics, str):
             raise ValueError(f"lyrics must be a string, got {type(self.lyrics).__name__}")
-        _number("duration", self.duration, low=0.0, high=MAX_DURATION, low_open=True)
-        _integer("steps", self.steps, 1)
-        _number("cfg_scale", self.cfg_scale)
+        check_number("duration", self.duration, low=0.0, high=MAX_DURATION, low_open=True)
+        check_integer("steps", self.steps, 1)
+        check_number("cfg_scale", self.cfg_scale)
         if self.guidance not in GUIDANCE_KINDS:
             raise ValueError(f"unknown guidance {self.guidance!r}; use one of: {', '.join(GUIDANCE_KINDS)}")
         check_interval(self.cfg_interval)
-        _number("shift", self.shift, low=0.0, low_open=True)
-        _integer("vae_chunk", self.vae_chunk, 1)
-        _integer("vae_overlap", self.vae_overlap, 0)
-        _number("chunk_mask", self.chunk_mask)
+        check_number("shift", self.shift, low=0.0, low_open=True)
+        check_integer("vae_chunk", self.vae_chunk, 1)
+        check_integer("vae_overlap", self.vae_overlap, 0)
+        check_number("chunk_mask", self.chunk_mask)
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
 
@@ -130,7 +110,7 @@ class ReferenceParams:
 
 
 def latent_frames(duration: float) -> int:
-    """T = max(128, int(round(d, 1)·48000)//1920) (SPEC §4.3)."""
+    """T = max(128, int(round(d, 1)·48000)//1920) (docs/design.md, "Decisions a user can see")."""
     return max(MIN_FRAMES, int(round(duration, 1) * SAMPLE_RATE) // HOP)
 
 
@@ -139,140 +119,10 @@ def output_samples(duration: float) -> int:
     return int(round(duration * SAMPLE_RATE))
 
 
-# -- schedule and guidance (own torch math, DESIGN §1) ------------------------------------------
-
-def schedule(steps: int, shift: float = 3.0) -> torch.Tensor:
-    """t = linspace(1, 0, steps+1), shifted t ← s·t/(1+(s−1)·t); computed in float64, returned fp32."""
-    steps = _integer("steps", steps, 1)
-    s = _number("shift", shift, low=0.0, low_open=True)
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    if s != 1.0:
-        t = s * t / (1.0 + (s - 1.0) * t)
-    return t.to(torch.float32)
-
-
-def check_interval(interval) -> tuple[float, float]:
-    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
-        raise ValueError(f"cfg_interval must be (start, end), got {interval!r}")
-    start, end = (_number("cfg interval bound", v) for v in interval)
-    if not 0.0 <= start <= end <= 1.0:
-        raise ValueError(f"cfg_interval must satisfy 0 <= start <= end <= 1, got [{start}, {end}]")
-    return start, end
-
-
-def in_cfg_interval(t: float, interval: tuple[float, float]) -> bool:
-    """Guide iff start ≤ p ≤ end with progress p = 1 − t (DESIGN §5; the official API compares raw t)."""
-    start, end = interval
-    p = 1.0 - float(t)
-    return start - _INTERVAL_SLACK <= p <= end + _INTERVAL_SLACK
-
-
-class MomentumBuffer:
-    """APG running average m ← d + μ·m, one per render (official MomentumBuffer), kept in float64."""
-
-    def __init__(self, momentum: float = APG_MOMENTUM) -> None:
-        self.momentum = float(momentum)
-        self.average: torch.Tensor | None = None
-
-    def update(self, diff: torch.Tensor) -> torch.Tensor:
-        self.average = diff if self.average is None else diff + self.momentum * self.average
-        return self.average
-
-
-def apg(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float, buffer: MomentumBuffer | None = None,
-        norm_threshold: float = APG_NORM_THRESHOLD, eta: float = APG_ETA) -> torch.Tensor:
-    """Adaptive projected guidance over the TIME axis (dim 1 of [B, T, C]), SPEC §3.4; float64 inside."""
-    vc = v_cond.double()
-    diff = vc - v_null.double()
-    if buffer is not None:
-        diff = buffer.update(diff)
-    if norm_threshold > 0:
-        # No epsilon, as upstream: a zero norm gives thr/0 = inf and min(1, inf) = 1.
-        norm = torch.linalg.vector_norm(diff, dim=1, keepdim=True)
-        diff = diff * torch.clamp(norm_threshold / norm, max=1.0)
-    unit = torch.nn.functional.normalize(vc, dim=1)  # v / max(‖v‖, 1e-12)
-    parallel = (diff * unit).sum(dim=1, keepdim=True) * unit
-    update = (diff - parallel) + eta * parallel
-    return (vc + (scale - 1.0) * update).to(v_cond.dtype)
-
-
-def cfg(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classic classifier-free guidance v_null + g·(v_cond − v_null), in float64."""
-    vc, vn = v_cond.double(), v_null.double()
-    return (vn + scale * (vc - vn)).to(v_cond.dtype)
-
-
-def adg(x: torch.Tensor, v_cond: torch.Tensor, v_null: torch.Tensor, t: float, scale: float,
-        angle_clip: float = ADG_ANGLE_CLIP) -> torch.Tensor:
-    """Angle-based dynamic guidance on the x0 estimates, per token over channels (SPEC §3.4); needs t > 0."""
-    if t <= 0:
-        raise ValueError(f"ADG divides by t and needs t > 0, got {t}")
-    w = max(scale - 1.0, 0.0) + 1e-3
-    xs = x.double()
-    x_c, x_u = xs - t * v_cond.double(), xs - t * v_null.double()
-    cos = (x_c * x_u).sum(-1, keepdim=True) / (
-        torch.linalg.vector_norm(x_c, dim=-1, keepdim=True) * torch.linalg.vector_norm(x_u, dim=-1, keepdim=True))
-    theta = torch.acos(cos.clamp(-1.0 + 1e-6, 1.0 - 1e-6))
-    theta_new = torch.clamp(w * theta, -angle_clip, angle_clip)
-    diff = x_c - x_u
-    perp = diff - (diff * x_u).sum(-1, keepdim=True) / ((x_u * x_u).sum(-1, keepdim=True) + 1e-8) * x_u
-    sin = torch.sin(theta)
-    big = sin > 1e-3
-    rotated = torch.where(big, perp * torch.sin(theta_new) / torch.where(big, sin, torch.ones_like(sin)), perp * w)
-    x_new = torch.cos(theta_new) * x_c + rotated
-    return ((xs - x_new) / t).to(v_cond.dtype)
-
-
-class Step(NamedTuple):
-    """What one Euler step did; `x` is the state after the step."""
-
-    index: int
-    total: int
-    t_cur: float
-    t_next: float
-    guided: bool
-    x: torch.Tensor
-
-
-# velocity_fn(x [1,T,C] fp32, t, batch2) → (v_cond, v_null or None), both fp32.
-VelocityFn = Callable[[torch.Tensor, float, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
-
-
-def euler_sample(x: torch.Tensor, sigmas: torch.Tensor, velocity_fn: VelocityFn, guidance: str = "apg",
-                 scale: float = 7.0, interval: tuple[float, float] = (0.0, 1.0),
-                 callback: Callable[[Step], None] | None = None) -> torch.Tensor:
-    """Euler x ← x − v·(t_k − t_{k+1}) over `sigmas`; guidance only when scale > 1 and p = 1 − t is in the interval."""
-    if guidance not in GUIDANCE_KINDS:
-        raise ValueError(f"unknown guidance {guidance!r}; use one of: {', '.join(GUIDANCE_KINDS)}")
-    interval = check_interval(interval)
-    scale = _number("cfg_scale", scale)
-    buffer = MomentumBuffer()
-    x = x.to(torch.float32)
-    total = sigmas.numel() - 1
-    for k in range(total):
-        t_cur, t_next = float(sigmas[k]), float(sigmas[k + 1])
-        guided = scale > 1.0 and in_cfg_interval(t_cur, interval)
-        v_cond, v_null = velocity_fn(x, t_cur, guided)
-        if not guided:
-            v = v_cond
-        elif guidance == "apg":
-            v = apg(v_cond, v_null, scale, buffer)
-        elif guidance == "cfg":
-            v = cfg(v_cond, v_null, scale)
-        else:
-            v = adg(x, v_cond, v_null, t_cur, scale)
-        # dt is the fp32 difference of the fp32 schedule values, as the numpy runtime forms it.
-        dt = torch.tensor(t_cur - t_next, dtype=torch.float32, device=x.device)
-        x = x - v.to(torch.float32) * dt
-        if callback is not None:
-            callback(Step(k, total, t_cur, t_next, guided, x))
-    return x
-
-
 # -- after sampling -----------------------------------------------------------------------------
 
 def check_latents(latents: torch.Tensor) -> None:
-    """SPEC §3.6 guards: NaN/Inf or all-zero latents mean a failed render."""
+    """NaN/Inf or all-zero latents mean a failed render (the official generate_music_decode.py guards)."""
     if not bool(torch.isfinite(latents).all()):
         raise RenderError("sampling produced NaN/Inf latents (numerical overflow; try float32 or bfloat16)")
     if not bool(latents.abs().amax() > 0):
@@ -365,7 +215,7 @@ class ReferencePipeline:
         return self.acestep.encoder.text_projector.weight.dtype
 
     def build_prompts(self, params: ReferenceParams) -> tuple[str, str]:
-        """Caption prompt (text2music instruction, caption, metas) and lyric prompt, SPEC §4.1–4.2."""
+        """Caption prompt (text2music instruction, caption, metas) and lyric prompt (runtime/prompts.py)."""
         metas = format_metas(params.bpm, params.time_signature, params.key_scale, params.duration)
         caption = caption_prompt(task_instruction("text2music"), params.caption, metas)
         return caption, lyric_prompt(params.language, params.lyrics)

@@ -20,8 +20,8 @@ import torch
 from acestep_edge.runtime.prompts import caption_prompt, format_metas, lyric_prompt, task_instruction
 
 from .audio_tokens import pad_to_pool_window
-from .reference import (SAMPLE_RATE, HOP, MIN_FRAMES, MomentumBuffer, ReferencePipeline, _tile_frames,
-                        adg, apg, cfg, check_latents, finish_audio, in_cfg_interval, schedule)
+from .reference import HOP, MIN_FRAMES, SAMPLE_RATE, ReferencePipeline, _tile_frames, check_latents, finish_audio
+from .reference_sampling import euler_sample, schedule
 from .vae import OobleckVae, tiled_encode
 
 
@@ -231,30 +231,22 @@ class TaskReference:
         return x.numpy(), finish_audio(wav, out_samples)
 
     def _loop(self, x, eps, t, branches, switch, mask, p, clean, repaint, inject_steps):
+        """`euler_sample` with the task's DiT calls: cond and null one at a time, the branch switched at
+        step `switch` (cover conditioning scale), the source re-noised outside the window early on."""
         dec = self.model.decoder
-        ctx_of = lambda src: torch.cat([src, mask[:, :, None].expand_as(src)], dim=-1)  # noqa: E731
-        buffer = MomentumBuffer()
-        cond, null, src = branches[0]
-        for k in range(t.numel() - 1):
-            if switch is not None and k == switch:
-                cond, null, src = branches[1]
-            t0, t1 = float(t[k]), float(t[k + 1])
-            guided = p.cfg_scale > 1.0 and in_cfg_interval(t0, (0.0, 1.0))
+        step_of = {float(v): k for k, v in enumerate(t[:-1].tolist())}  # the schedule strictly decreases
+
+        def velocity(state, t0, guided):
+            k = step_of[t0]
+            cond, null, src = branches[1] if switch is not None and k >= switch else branches[0]
             tt = torch.full((1,), t0)
-            ctx = ctx_of(src)
-            v_c = dec(x, tt, cond, ctx).float()
-            if guided:
-                v_n = dec(x, tt, null, ctx).float()
-                if p.guidance == "apg":
-                    v = apg(v_c, v_n, p.cfg_scale, buffer)
-                elif p.guidance == "cfg":
-                    v = cfg(v_c, v_n, p.cfg_scale)
-                else:
-                    v = adg(x, v_c, v_n, t0, p.cfg_scale)
-            else:
-                v = v_c
-            x = x - v.float() * torch.tensor(t0 - t1, dtype=torch.float32)
-            if k < inject_steps:
-                z = t1 * eps + (1 - t1) * clean
-                x = torch.where(repaint[None, :, None], x, z)
-        return x
+            ctx = torch.cat([src, mask[:, :, None].expand_as(src)], dim=-1)
+            return dec(state, tt, cond, ctx).float(), (dec(state, tt, null, ctx).float() if guided else None)
+
+        def inject(step):
+            if step.index >= inject_steps:
+                return step.x
+            z = step.t_next * eps + (1 - step.t_next) * clean
+            return torch.where(repaint[None, :, None], step.x, z)
+
+        return euler_sample(x, t, velocity, p.guidance, p.cfg_scale, (0.0, 1.0), after_step=inject)

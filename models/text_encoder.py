@@ -1,4 +1,7 @@
-"""Qwen3 text encoder (Qwen3-Embedding-0.6B as a plain `Qwen3Model`; SPEC §1.3) in our own PyTorch."""
+"""Qwen3 text encoder (Qwen3-Embedding-0.6B as a plain `Qwen3Model`) in our own PyTorch.
+
+As transformers models/qwen3/modeling_qwen3.py `Qwen3Model`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from acestep_edge.kernels.attention import attention
-from acestep_edge.kernels.rmsnorm import rms_norm
 from acestep_edge.kernels.rotary import apply_rotary, rotary_cos_sin
 from acestep_edge.models.config import TextEncoderConfig
-
-
-class RMSNorm(nn.Module):
-    """Learned-scale RMSNorm; a `weight` parameter so keys match transformers' `Qwen3RMSNorm`."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+from acestep_edge.models.layers import RMSNorm
 
 
 class Qwen3Attention(nn.Module):
@@ -98,7 +89,8 @@ class Qwen3TextEncoder(nn.Module):
     """Qwen3Model without a head; state-dict keys equal transformers' `Qwen3Model`.
 
     `forward` gives `last_hidden_state` for captions (causal, no padding mask, as the official
-    handler calls it); `embed` is the bare table lookup used for lyrics (SPEC §1.4).
+    handler calls it); `embed` is the bare table lookup used for lyrics (the official
+    handler's `infer_lyric_embeddings`: `text_encoder.embed_tokens(lyric_ids)`).
     Builds under `torch.device("meta")` and loads with `load_state_dict(sd, assign=True)`.
     """
 

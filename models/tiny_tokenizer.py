@@ -65,7 +65,7 @@ def build_tokenizer(vocab_size: int = 512) -> Tokenizer:
     The special tokens come after the BPE vocabulary, as in Qwen2 (`<|endoftext|>` is the first
     id after the merges), and are registered as added special tokens so their literal text in a
     prompt encodes to one id. No post-processor is set: the real Qwen3-Embedding tokenizer may
-    append an EOS through its TemplateProcessing post-processor (SPEC §9.4); the bundle's own
+    append an EOS through its TemplateProcessing post-processor; the bundle's own
     tokenizer.json decides that, and the tiny one deliberately does not append anything.
     """
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):

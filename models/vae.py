@@ -1,4 +1,5 @@
-"""The Oobleck audio VAE (diffusers' AutoencoderOobleck, SPEC §1.9) and its tiled encode/decode (SPEC §5)."""
+"""The Oobleck audio VAE (diffusers' `AutoencoderOobleck`) and its tiled encode/decode
+(ace-step/ACE-Step-1.5 acestep/core/generation/handler/vae_decode.py `VaeDecodeMixin.tiled_decode`)."""
 
 from __future__ import annotations
 
@@ -272,7 +273,7 @@ class OobleckVae(nn.Module):
         return self.decode(latents)
 
 
-# -- tiling (SPEC §5): overlap-discard, no crossfade ------------------------------------------
+# -- tiling (official `tiled_decode`): overlap-discard, no crossfade---------------------------------------
 
 
 def _tile_windows(length: int, stride: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-MODEL_SAMPLE_RATE = 48_000
+from .vocab import SAMPLE_RATE as MODEL_SAMPLE_RATE
+from .wire import is_remote, remote_message
+
 FORMATS = ("MP3", "WAV", "FLAC", "OGG")
 LOSSY_FORMATS = ("MP3", "OGG")
 MIME_TYPES = {"MP3": "audio/mpeg", "WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg"}
@@ -267,9 +269,8 @@ def _source_bytes_or_path(source: str | os.PathLike) -> bytes | Path:
     scheme = urllib.parse.urlsplit(source).scheme.lower()
     if scheme == "file":
         return Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
-    if scheme in ("http", "https", "ftp", "s3"):
-        raise AudioError(f"{scheme}:// audio is not fetched by this offline runtime; download it "
-                         f"and pass a local path, a file:// URI or a data URI")
+    if is_remote(source):
+        raise AudioError(remote_message("audio"))
     return Path(source)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from .audio_io import MODEL_SAMPLE_RATE, AudioError, read_audio
 from .postprocess import tile_windows
-from .request import RequestError
+from .vocab import HOP_LENGTH
+from .wire import RequestError
 
 # Official tiled encode (ace-step/ACE-Step-1.5 acestep/core/generation/handler/vae_encode*.py):
 # 30-s windows (15 s on small GPUs), 2-s overlap, overlap-discard, `latent_dist.sample()` per window.
@@ -29,7 +30,7 @@ def load(source: str, param: str, task_uuid: str | None) -> np.ndarray:
         audio = read_audio(source)
     except AudioError as exc:
         raise RequestError(param, f"{param}: {exc}", "invalidAudio", task_uuid) from exc
-    if audio.shape[-1] < 1920:
+    if audio.shape[-1] < HOP_LENGTH:
         raise RequestError(param, f"{param}: the audio is {audio.shape[-1] / MODEL_SAMPLE_RATE:.3f} s long; "
                            "send at least 0.04 s (one latent frame)", "invalidAudio", task_uuid)
     return audio

@@ -12,7 +12,8 @@ from acestep_edge.models.checkpoint import CheckpointError, load_checkpoint
 from acestep_edge.models.config import xl_base
 from acestep_edge.models.random_checkpoint import random_tensor
 
-# SPEC §2, written out by hand: every key pattern of the XL DiT checkpoint with its shape.
+# The official module tree (ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py),
+# written out by hand: every key pattern of the XL DiT checkpoint with its shape.
 L, E = r"\d+", r"\d+"
 XL_TREE = {
     r"null_condition_emb": (1, 1, 2048),

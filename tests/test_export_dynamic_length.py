@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from acestep_edge.export.graphs import graph_specs
-from acestep_edge.export.onnx_export import attention_lowering, export_program, save_program
+from acestep_edge.export.onnx_export import export_program, save_program
 from acestep_edge.models.acestep import AceStepModel
 from acestep_edge.models.config import tiny
 from acestep_edge.models.random_checkpoint import random_tensor
@@ -36,8 +36,7 @@ def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops, full_attention):
     spec = graph_specs(preset)["dit"]
     graph = spec.build(type("Ck", (), {"acestep": model})())
     path = tmp_path / "dit.onnx"
-    with attention_lowering(full_attention):
-        save_program(export_program(spec, graph, preset, ops=ops), path)
+    save_program(export_program(spec, graph, preset, ops=ops, full_attention=full_attention), path)
     proto = onnx.load(str(path), load_external_data=False)
     types = {n.op_type for n in proto.graph.node}
     assert ("Scan" in types, "Attention" in types) == EXPECTED[ops, full_attention], types

@@ -70,8 +70,9 @@ def _official_timbre_with_diffusers_layers(timbre, refer):
     """The official timbre path (special token prepended, CLS pooled) driven through diffusers' own layers.
 
     diffusers 0.42.1's AceStepTimbreEncoder.forward skips the special token and pools the first
-    audio frame (SPEC §2); the official encoder prepends `special_token` and pools it. We follow the
-    official code, so we rebuild that path from diffusers' submodules to compare like with like.
+    audio frame; the official encoder (modeling_acestep_v15_xl_base.py) prepends `special_token` and
+    pools it. We follow the official code, so we rebuild that path from diffusers' submodules to
+    compare like with like.
     """
     from diffusers.models.transformers.ace_step_transformer import _ace_step_rotary_freqs, _create_4d_mask
 

@@ -135,7 +135,7 @@ def _tiny_tokenizer(eos_post_processor: bool) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens([EOT])
-    if eos_post_processor:  # what current Qwen3-Embedding tokenizer.json files do (SPEC §4.2)
+    if eos_post_processor:  # what current Qwen3-Embedding tokenizer.json files do (a TemplateProcessing post-processor)
         tok.post_processor = processors.TemplateProcessing(single=f"$A {EOT}", special_tokens=[(EOT, 1)])
     tok.enable_padding(length=3000)  # must be switched off by PromptTokenizer
     return tok

@@ -11,17 +11,14 @@ torch = pytest.importorskip("torch")
 
 from acestep_edge.models.reference import (  # noqa: E402
     PEAK_TARGET,
-    MomentumBuffer,
     ReferencePipeline,
     ReferenceParams,
     RenderError,
-    apg,
     check_latents,
-    euler_sample,
     finish_audio,
     latent_frames,
-    schedule,
 )
+from acestep_edge.models.reference_sampling import MomentumBuffer, apg, euler_sample, schedule  # noqa: E402
 
 STEPS = 4  # shift 3 → t = [1, 0.9, 0.75, 0.5, 0], progress p = [0, 0.1, 0.25, 0.5]
 
@@ -245,7 +242,8 @@ def test_finish_audio_fits_anticlips_and_normalises():
 
 
 def _apg_np(vc, vn, g, m, mu=-0.75, thr=2.5):
-    """APG from SPEC §3.4, written out again in float64 numpy; returns (v, new momentum)."""
+    """APG (ace-step/ACE-Step-1.5 acestep/models/common/apg_guidance.py `apg_forward`), written out again
+    in float64 numpy; returns (v, new momentum)."""
     d = vc - vn
     m = d if m is None else d + mu * m
     d = m.copy()

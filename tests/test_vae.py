@@ -13,7 +13,7 @@ from acestep_edge.models.vae import OobleckVae, tiled_decode, tiled_encode
 
 diffusers = pytest.importorskip("diffusers")
 
-# diffusers' own count for the ACE-Step v1.5 VAE config (SPEC §1.1 says ≈ 168.7 M).
+# diffusers' own count for the ACE-Step v1.5 VAE config (≈ 168.7 M, the ACE-Step v1.5 vae/ checkpoint).
 XL_VAE_PARAMS = 168_695_426
 
 # The encoder emits encoder_hidden_size channels (mean | scale), so a 64-latent-channel VAE needs
@@ -164,7 +164,8 @@ def test_input_validation():
 
 
 def _reference_tiled_decode(vae, latents, chunk, overlap):
-    """Overlap-discard written from SPEC §5 with numpy slicing, independent of models/vae.py."""
+    """Overlap-discard (official `VaeDecodeMixin.tiled_decode`) written with numpy slicing, independent of
+    models/vae.py."""
     t, hop = latents.shape[-1], vae.hop_length
     stride = chunk - 2 * overlap
     pieces = []

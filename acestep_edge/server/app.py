@@ -19,9 +19,11 @@ from starlette.staticfiles import StaticFiles
 
 from acestep_edge.runtime.request import TASK_TYPE, RequestError, parse_request
 from acestep_edge.runtime.response import error_response
+from acestep_edge.runtime.wire import check_unique, error_entry, error_object, parse_body
 
 from .guard import PathGuard
 from .jobs import TERMINAL, Job, Renderer, ServerError
+from .studio import studio_routes
 
 log = logging.getLogger("acestep_edge.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -42,13 +44,11 @@ class ServerOptions:
     bundle_info: dict = field(default_factory=dict)
 
 
-def _entry(code: str, message: str, parameter: str | None = None, task_uuid: str | None = None,
-           task_type: str | None = TASK_TYPE) -> dict:
-    return {"code": code, "message": message, "parameter": parameter, "taskType": task_type, "taskUUID": task_uuid}
+_entry = error_object
 
 
 def _server_error(exc: ServerError, task_type: str | None = TASK_TYPE) -> dict:
-    return _entry(exc.code, exc.message, exc.parameter, exc.task_uuid, task_type)
+    return error_object(exc.code, exc.message, exc.parameter, exc.task_uuid, task_type)
 
 
 def envelope(data: list[dict], errors: list[dict]) -> JSONResponse:
@@ -118,13 +118,9 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
                                         f"{options.max_body_bytes} bytes; send less (start the server with a "
                                         "larger --max-body-mb)", "request", None, None)])
         try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return envelope([], [_entry("invalidJSON", f"request: not valid JSON ({exc})", "request", None, None)])
-        tasks = [payload] if isinstance(payload, dict) else payload
-        if not isinstance(tasks, list) or not tasks:
-            return envelope([], [_entry("invalidType", "send a JSON array of task objects (audioInference, "
-                                        "getResponse), got " + repr(payload)[:60], "request", None, None)])
+            tasks = parse_body(body)
+        except RequestError as exc:
+            return envelope([], [error_entry(exc, task_type=None)])
         given = bearer(request)
         rest = []
         for task in tasks:
@@ -166,10 +162,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
             else:
                 delivery = None
             req = parse_request(task)
-            if req.task_uuid in seen:
-                raise RequestError("taskUUID", f"taskUUID: {req.task_uuid} is used by more than one task in this "
-                                   "request; every task needs its own UUID", "duplicateTaskUUID", req.task_uuid)
-            seen.add(req.task_uuid)
+            check_unique(req.task_uuid, seen)
             job = Job(req, base_url, delivery or "sync")
             renderer.submit(job)
         except RequestError as exc:
@@ -303,6 +296,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
         Route("/audio/{name}", audio_endpoint, methods=["GET", "HEAD"]),
         Route("/health", health_endpoint, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        *studio_routes(options.max_body_bytes, guard.check_task, require_key),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: not_allowed, Exception: server_error})

@@ -12,7 +12,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from acestep_edge.runtime.request import RequestError
+from acestep_edge.runtime.wire import RequestError, is_remote, remote_message
 
 # The request fields that name source audio (inputs.audio, settings.referenceAudio).
 AUDIO_FIELDS = (("inputs", "audio"), ("settings", "referenceAudio"))
@@ -38,10 +38,8 @@ class PathGuard:
             return value
         match = _SCHEME.match(value)
         scheme = match.group(1).lower() if match and len(match.group(1)) > 1 else None  # C: is a drive
-        if scheme in ("http", "https"):
-            raise self._error(param, f"{param}: URLs are refused: this server is offline and fetches "
-                              "nothing; send the audio inline as a data URI (data:audio/<type>;base64,...)",
-                              "invalidFormat", task)
+        if is_remote(value):
+            raise self._error(param, remote_message(param), "invalidFormat", task)
         if scheme not in (None, "file"):
             raise self._error(param, f"{param}: {scheme}: URIs are not supported; send a data URI, or a "
                               "path / file:// URI under one of the server's --allow-dir folders",

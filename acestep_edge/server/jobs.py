@@ -12,7 +12,8 @@ from pathlib import Path
 from acestep_edge.runtime.delivery import deliver
 from acestep_edge.runtime.pipeline import Cancelled, Pipeline
 from acestep_edge.runtime.request import Request, RequestError
-from acestep_edge.runtime.response import error_response, new_audio_uuid, output_filename
+from acestep_edge.runtime.response import new_audio_uuid, output_filename
+from acestep_edge.runtime.wire import error_entry, error_object
 
 log = logging.getLogger("acestep_edge.server")
 
@@ -267,8 +268,8 @@ class Renderer:
         job.files.clear()
         job.results.clear()
         job.state = "cancelled"
-        job.error = {"code": "taskCancelled", "message": f"the render was {reason}; nothing was written",
-                     "parameter": None, "taskType": job.request.task_type, "taskUUID": job.task_uuid}
+        job.error = error_object("taskCancelled", f"the render was {reason}; nothing was written", None,
+                                 job.task_uuid, job.request.task_type)
         job.publish("cancelled", error=job.error)
 
     def _finish_error(self, job: Job, exc: BaseException) -> None:
@@ -276,7 +277,7 @@ class Renderer:
             path.unlink(missing_ok=True)
         job.files.clear()
         job.results.clear()
-        job.error = error_response(exc, task_uuid=job.task_uuid)["errors"][0]
+        job.error = error_entry(exc, job.task_uuid)
         job.state = "error"
         job.publish("error", error=job.error)
 

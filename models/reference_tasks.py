@@ -1,10 +1,12 @@
 """PyTorch reference for the editing tasks (cover, repaint, extract, lego, complete), the timbre
 reference and the negative prompt: the baseline the runtime's task path is compared with.
 
-Written from the official code (ace-step/ACE-Step-1.5: acestep/core/generation/handler/
-padding_utils.py, conditioning_masks.py, conditioning_target.py, io_audio.py, generate_music.py,
+Written from the official code (ace-step/ACE-Step-1.5 at commit 53067ab: acestep/core/generation/
+handler/padding_utils.py, conditioning_masks.py, conditioning_target.py, conditioning_text.py,
+prompt_utils.py, io_audio.py, generate_music.py, generate_music_decode.py,
 repaint_waveform_splice.py; acestep/models/xl_base/modeling_acestep_v15_xl_base.py generate_audio),
-independently of runtime/tasks.py and runtime/sampler.py: only the prompt strings are shared.
+with its default chunk_mask_mode "auto" (a chunk mask of 1.0 everywhere), independently of
+runtime/tasks.py and runtime/sampler.py: only the prompt strings and the tokenizer are shared.
 Explicit noises stand in for every random draw (initial noise, the source and reference VAE
 posterior samples); the reference segments use the middle of each random offset range.
 """

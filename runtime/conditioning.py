@@ -159,11 +159,11 @@ class Conditioner:
         if settings.repainting_start is not None and settings.repainting_start > seconds:
             raise RequestError(p + "repaintingStart", f"{p}repaintingStart: {settings.repainting_start:g} s is after "
                                f"the end of the source ({seconds:.2f} s); start at or before it",
-                               "outOfRange", request.task_uuid)
+                               "valueOutOfRange", request.task_uuid)
         if settings.repainting_end is not None and settings.repainting_end != -1 and settings.repainting_end < 0:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingEnd: {settings.repainting_end:g} s ends before "
                                "the source starts; send an end >= 0 (or -1 for the end of the source)",
-                               "outOfRange", request.task_uuid)
+                               "valueOutOfRange", request.task_uuid)
         if window.end <= window.start:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingEnd: the window [{window.start - window.left_pad:g}, "
                                f"{window.end - window.left_pad:g}) s is empty; send an end after the start",
@@ -171,7 +171,7 @@ class Conditioner:
         total = seconds + window.left_pad + window.right_pad
         if total > MAX_SECONDS:
             raise RequestError(p + "repaintingEnd", f"{p}repaintingStart/repaintingEnd: the outpainted clip would be "
-                               f"{total:.1f} s; the limit is {MAX_SECONDS:g} s", "outOfRange", request.task_uuid)
+                               f"{total:.1f} s; the limit is {MAX_SECONDS:g} s", "valueOutOfRange", request.task_uuid)
         return window
 
     # -- the whole request --------------------------------------------------------------------

@@ -72,4 +72,4 @@ def test_check_renders_nothing_and_needs_the_key(server):
     # A local path is refused as /v1 refuses it (this server has no --allow-dir).
     status, body, _ = server.request("POST", "/studio/check", {**good, "duration": None,
                                                                 "inputs": {"audio": "/etc/passwd"}}, AUTH)
-    assert body["errors"][0]["parameter"] == "inputs.audio" and body["errors"][0]["code"] == "pathNotAllowed"
+    assert body["errors"][0]["parameter"] == "inputs.audio" and body["errors"][0]["code"] == "invalidPath"

@@ -215,7 +215,7 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
               "conflictingParameters")
     use_neg = boolean(s, "useNegativePrompt", p + "useNegativePrompt")
     lang = choice(s, "vocalLanguage", p + "vocalLanguage", VALID_LANGUAGES, "en")
-    noise_source, noise_gpu = _noise(s)
+    noise_source, noise_gpu = noise.read_settings(s)
     return Settings(
         lyrics=string(s, "lyrics", p + "lyrics", max_chars=MAX_LYRICS_CHARS) or "",
         bpm=number(s, "bpm", p + "bpm", *BPM_RANGE, integer=True),
@@ -238,21 +238,6 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         noise=noise_source,
         noise_gpu=noise_gpu,
     )
-
-
-def _noise(s: Mapping) -> tuple[str | None, str | None]:
-    p = "settings."
-    source = choice(s, "noise", p + "noise", noise.SOURCES)
-    raw = s.get("noiseGpu")
-    if raw is None:
-        return source, None
-    if source not in (None, "torch-cuda"):
-        raise field_error(p + "noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source}); remove it",
-              "conflictingParameters")
-    try:
-        return source, noise.gpu(raw).name
-    except ValueError as exc:
-        raise field_error(p + "noiseGpu", str(exc), "invalidParameter") from exc
 
 
 def _check_strength(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from . import sampler
 from .adapters import AdapterSet
 from .conditioning import Branch, Conditioning
 from .edits import PLAIN
-from .postprocess import check_latents, finish_audio, tiled_decode
+from .postprocess import anticlip, check_latents, finish_audio, tiled_decode
 from .request import Request
 from .vocab import LATENT_CHANNELS
 from .wire import RequestError
@@ -133,7 +133,8 @@ class Render:
                              config.vae_chunk or defaults.get("vae_chunk", 512),
                              config.vae_overlap if config.vae_overlap is not None else defaults.get("vae_overlap", 64))
         self.timings["vae_decoder"] = time.perf_counter() - start
-        audio = self.edit.splice(audio, self.pipeline.sample_rate)
+        # As generate_music: anti-clip the decode, then splice the source back, then normalise.
+        audio = self.edit.splice(anticlip(audio), self.pipeline.sample_rate)
         audio = finish_audio(audio, self.cond.output_samples, normalize=config.normalize)
         metadata = {
             "timings": self.timings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import warnings
@@ -88,10 +89,12 @@ def _quiet_onnxruntime() -> None:
 def render_requests(text: str, bundle: Path, out: str | None, provider: str, threads: int | None,
                     save_latents: str | None, noise_path: str | None, progress: str = "auto",
                     base: Path | None = None, from_stdin: bool = True, noise_source: str | None = None,
-                    noise_gpu: str | None = None) -> list[dict]:
-    """Validate everything (requests, sources, output paths, bundle) first, then render; the Runware responses.
+                    noise_gpu: str | None = None, loras: tuple[str, ...] = ()) -> list[dict]:
+    """Validate everything (requests, sources, adapters, output paths, bundle) first, then render; the
+    Runware responses.
 
-    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none.
+    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none; `loras` are
+    `--lora PATH[=WEIGHT]` options, added to every request's `lora` list.
     """
     from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
@@ -100,6 +103,11 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
     apply_out_format(items, out)
     requests = parse_requests(items)
     check_out_format(requests, out)
+    if loras:
+        from .adapters import cli_refs
+
+        extra = cli_refs(loras)
+        requests = [dataclasses.replace(r, lora=r.lora + extra) for r in requests]
     uuids = [r.task_uuid for r in requests]
     renders = sum(r.number_results for r in requests)
     if (noise_path or save_latents) and renders != 1:
@@ -117,6 +125,7 @@ def render_requests(text: str, bundle: Path, out: str | None, provider: str, thr
         raise TaskFailure(exc, uuids) from exc
     for request in requests:  # a request's GPU against a CLI source: refused before anything renders
         pipeline.noise_source(request)
+        pipeline.adapters.resolve(request.lora, request.task_uuid)  # every adapter read and checked
     plan.prepare(uuids[0])
     responses = []
     for request, row in zip(requests, plan.results):
@@ -192,8 +201,11 @@ def _check_gpu(ctx, param, value):
               help=f"GPU whose torch-cuda draw to reproduce when settings.noiseGpu is absent: "
                    f"{', '.join(noise.GPU_PRESETS)}, an SM count or SMSxTHREADS (default h100; "
                    "the same on every GPU up to 55 s).")
+@click.option("--lora", "loras", multiple=True, metavar="PATH[=WEIGHT]",
+              help="A LoRA/LoKr adapter (PEFT folder or .safetensors file) applied to every request, weight "
+                   "-2..2 (default 1). Repeat to stack adapters; they follow the request's own `lora` list.")
 def generate_command(request_file, bundle, out, provider, threads, progress, save_latents, noise_path, noise_source,
-                     noise_gpu):
+                     noise_gpu, loras):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
     Every request, source file and output path is checked before anything renders; a bad field gives a
@@ -209,4 +221,4 @@ def generate_command(request_file, bundle, out, provider, threads, progress, sav
         fail(exc, EXIT_BAD_REQUEST)
     single = not text.lstrip().startswith("[")
     run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin, single,
-                  noise_source=noise_source, noise_gpu=noise_gpu)
+                  noise_source=noise_source, noise_gpu=noise_gpu, loras=loras)

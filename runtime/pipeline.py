@@ -16,7 +16,8 @@ import numpy as np
 
 from . import noise as noise_sources
 from . import sampler, source_audio
-from .bundle import Bundle, SessionOptions, Stages
+from .adapters import Adapters
+from .bundle import TEXT2MUSIC_GRAPHS, Bundle, SessionOptions, Stages
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
 from .device import DeviceOptions
 from .edits import Cover, Edit, Repaint, SourceEdit
@@ -65,6 +66,9 @@ class Pipeline:
         self.sample_rate = int(bundle.audio["sample_rate"])
         self.hop = int(bundle.audio["hop_length"])
         self.conditioner = Conditioner(bundle, self.tokenizer, self.config)
+        # LoRA/LoKr per request (runtime/adapters.py); front doors may replace `adapters.resolver`.
+        self.adapters = Adapters(bundle.manifest.get("graphs", {}).get("dit"),
+                                 (bundle.manifest.get("export") or {}).get("command"))
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -73,6 +77,20 @@ class Pipeline:
         options = SessionOptions(provider=provider, threads=threads, provider_options=provider_options or {},
                                  device=device or DeviceOptions())
         return cls(Bundle(bundle, options), config)
+
+    def warm_up(self) -> None:
+        """Create the text2music sessions now (a server does this before its first request); the encoders
+        editing tasks add are created by the first request that needs them, so no session holds memory idly."""
+        for name in TEXT2MUSIC_GRAPHS:
+            if self.bundle.has_graph(name):
+                self.bundle.session(name)
+
+    def info(self) -> dict:
+        """What a front end shows: the bundle, and each created session's providers and precision."""
+        manifest = self.bundle.manifest
+        return {"bundle": {"name": Path(self.bundle.path).resolve().name, "format": manifest.get("format"),
+                           "format_version": manifest.get("format_version")},
+                "providers": self.bundle.providers_in_use(), "precisions": self.bundle.precisions_in_use()}
 
     def condition(self, request: Request, seed: int | None = None) -> Conditioning:
         """Prompts, timbre, source latents and masks of a request; `seed` seeds the VAE posterior draws."""
@@ -102,31 +120,34 @@ class Pipeline:
         """
         request = request if isinstance(request, Request) else parse_request(request)
         self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
+        adapters = self.adapters.resolve(request.lora, request.task_uuid)  # so does a bad adapter
         seed = request.seed if request.seed is not None else sampler.draw_seed()
         if conditioning is None:
             with self.bundle.observing(stages):
                 conditioning = self.condition(request, seed)
-        return Render(self, request, conditioning, seed + index, noise, stages)
+        return Render(self, request, conditioning, seed + index, noise, adapters, stages)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
-                 progress: Callable[[int, int], None] | None = None, cancel=None, index: int = 0,
+                 progress: Callable[[int, int, int], None] | None = None, cancel=None, index: int = 0,
                  conditioning: Conditioning | None = None, stages: Stages | None = None) -> GenerationResult:
+        """One result; `progress(step, steps, index)` after every step says which result is rendering."""
         render = self.start(request, noise, index, conditioning, stages)
         for step in render:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("render cancelled; nothing was written")
             if progress is not None:
-                progress(step.index + 1, step.total)
+                progress(step.index + 1, step.total, index)
         return render.result()
 
     def generate_all(self, request: Request | dict, noise: np.ndarray | None = None,
-                     progress: Callable[[int, int], None] | None = None, cancel=None,
+                     progress: Callable[[int, int, int], None] | None = None, cancel=None,
                      stages: Stages | None = None) -> list[GenerationResult]:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
         self.noise_source(request)
+        self.adapters.resolve(request.lora, request.task_uuid)  # a bad adapter fails before conditioning
         with self.bundle.observing(stages):
             cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond, stages)

@@ -1,4 +1,4 @@
-"""`acestep-edge serve`: load the bundle once, then answer Runware requests over HTTP until SIGTERM."""
+"""`acestep-edge serve`: load the bundle once, then answer Runware requests over HTTP/WebSocket until SIGTERM."""
 
 from __future__ import annotations
 
@@ -67,25 +67,39 @@ def _is_loopback(host: str) -> bool:
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder whose files inputs.audio / settings.referenceAudio may name (repeatable). "
                    "Without it the server reads no client-named file; data URIs always work.")
+@click.option("--lora-dir", "lora_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of LoRA/LoKr adapters a request's `lora` entries may name (relative names only; no "
+                   "`..`, no symlinks out). GET /v1/loras lists them. Without it requests with `lora` are refused.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=64, show_default=True,
               help="Largest request body accepted (HTTP 413 above).")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=30, show_default=True,
               help="On SIGTERM: how long the running render may finish before it is cancelled.")
-def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key, allow_dirs, max_body_mb,
-                  drain_seconds):
-    """Serve Runware audioInference requests over HTTP, with a web studio at /.
+@click.option("--public-url", default=None,
+              help="The URL clients reach this server at (behind a proxy, or bound to 0.0.0.0): the base of "
+                   "audioURL, and a Host name it answers to.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web page origin (https://app.example) that may call this server from a browser "
+                   "(repeatable; '*' for any). Default: the studio's own origin only.")
+@click.option("--webhook-allow", "webhook_allow", multiple=True,
+              help="HOST[:PORT] that webhookURL / uploadEndpoint may name (repeatable). Default: loopback only.")
+def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key, allow_dirs, lora_dir, max_body_mb,
+                  drain_seconds, public_url, cors_origins, webhook_allow):
+    """Serve Runware audioInference requests over HTTP and WebSocket, with a web studio at /.
 
     \b
     POST /v1 (or /)              JSON array of tasks -> {"data": [...]} / {"errors": [...]}
+    WebSocket /v1 (or /)         Runware's WebSocket protocol (authentication, ping, getResponse)
     GET  /v1/tasks/UUID/events   progress as server-sent events
     DELETE /v1/tasks/UUID        cancel a queued or running render
     GET  /health                 bundle, providers in use, queue depth
+    GET  /v1/loras               adapters in --lora-dir
     GET  /                       the web studio (prompt, settings, progress, players)
     The bundle's sessions are created once; one render runs at a time, the rest wait in a FIFO queue.
     """
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
+        import websockets  # noqa: F401
     except ImportError as exc:
         _missing_extra(exc)
     busy = _port_taken(host, port)
@@ -102,7 +116,8 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
 
         server = build_server(bundle, host=host, port=port, provider=provider, threads=threads, queue=queue,
                               out_dir=out_dir, api_key=api_key, allow_dirs=allow_dirs, max_body_mb=max_body_mb,
-                              drain_seconds=drain_seconds)
+                              drain_seconds=drain_seconds, public_url=public_url, cors_origins=cors_origins,
+                              webhook_allow=webhook_allow, lora_dir=lora_dir)
     except (BundleError, OSError, RuntimeError, ValueError) as exc:
         click.echo(f"acestep-edge serve: {exc}", err=True)
         sys.exit(1)

@@ -41,9 +41,8 @@ def fix_hint(bundle: Path, manifest: dict | None = None) -> str:
     """A command that rebuilds the bundle in the folder the user named (not where it was first written)."""
     export = (manifest or {}).get("export") or {}
     command = export.get("command")
-    if command and _DEMO_GENERATOR in command:
-        return (f"rebuild it with `python -m {_DEMO_GENERATOR} --out {shlex.quote(str(bundle))}` (needs the "
-                "[export] extra), or run `acestep-edge demo`, which uses the demo bundle installed with the package")
+    if command and _DEMO_GENERATOR in command:  # a copy of the demo bundle: rebuild it where it is now
+        return f"rebuild it: `python -m {_DEMO_GENERATOR} --out {shlex.quote(str(bundle))}` ([export] extra)"
     try:
         words = shlex.split(command) if command else []
     except ValueError:
@@ -58,15 +57,15 @@ def read_manifest(path: str | Path) -> dict:
     """The manifest of bundle `path`, after the format and version checks (shared with `inspect`)."""
     bundle = Path(path)
     manifest_path = bundle / "manifest.json"
+    # Messages stay short (error objects carry at most 300 characters) and name the folder given.
     if bundle.is_file():
-        raise BundleError(f"{str(bundle)!r} is a file, not a bundle folder: pass the folder `acestep-edge export "
-                          "--out` wrote (it holds manifest.json and the .onnx graphs), or run `acestep-edge demo` "
-                          "to try the tiny bundle shipped with the package", "notABundle")
+        raise BundleError(f"{bundle} is a file, not a bundle folder (the folder `acestep-edge export --out` "
+                          "writes, with manifest.json and the .onnx graphs)", "notABundle")
     if not bundle.is_dir():
-        raise BundleError(f"bundle folder {str(bundle)!r} does not exist (looked for {bundle.absolute()}); pass "
-                          "the folder `acestep-edge export --out` wrote, make one with `acestep-edge export "
-                          f"--checkpoint CHECKPOINT_DIR --out {shlex.quote(str(bundle))}`, or run `acestep-edge demo` "
-                          "to try the tiny bundle shipped with the package", "bundleNotFound")
+        where = "" if bundle.is_absolute() else f" in {Path.cwd()}"
+        raise BundleError(f"no bundle folder {bundle}{where}; pass the folder `acestep-edge export --out` wrote, "
+                          f"or make one: `acestep-edge export --checkpoint CKPT --out {shlex.quote(str(bundle))}`",
+                          "bundleNotFound")
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {fix_hint(bundle)}", "notABundle")
     try:

@@ -16,6 +16,7 @@ from .audio_io import EXTENSIONS
 from .bundle import PROVIDERS, BundleError
 from .delivery import deliver
 from .request import RequestError, parse_requests
+from .vocab import MAX_SECONDS, MIN_SECONDS
 from .response import error_response, new_audio_uuid
 
 EXIT_BAD_REQUEST, EXIT_FAILED = 2, 1
@@ -56,7 +57,7 @@ def _progress(enabled: bool, label: str):
         return None, None
     bar = click.progressbar(length=1, label=label, file=sys.stderr, show_pos=True)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, index: int = 0) -> None:
         bar.length = total
         bar.update(done - bar.pos)
 
@@ -82,12 +83,7 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
     """
     from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError("request", f"request: not valid JSON ({exc.msg} at line {exc.lineno})",
-                           "invalidJSON") from exc
-    requests = parse_requests(data)
+    requests = parse_requests(text)
     renders = sum(r.number_results for r in requests)
     if (noise_path or save_latents) and renders != 1:
         raise RequestError("noise" if noise_path else "save-latents",
@@ -178,7 +174,7 @@ def generate_command(request_file, bundle, out, provider, threads, save_latents,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
               help="Folder for the rendered file.")
 @click.option("--steps", type=click.IntRange(1, 200), default=None, help="Override the request's steps.")
-@click.option("--duration", type=click.FloatRange(10, 600), default=None, help="Override the request's duration.")
+@click.option("--duration", type=click.FloatRange(MIN_SECONDS, MAX_SECONDS), default=None, help="Override the request's duration.")
 @_common_options
 def demo_command(out, steps, duration, provider, threads):
     """Render a shipped example request on the committed tiny bundle.

@@ -11,16 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .vocab import CAPTION_MAX_TOKENS, LATENT_RATE, LYRIC_MAX_TOKENS, MAX_SECONDS, MIN_FRAMES, MIN_SECONDS
+
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 TRT_CACHE_DIR = "trt_cache"  # beside the bundle's graphs: engines and the timing cache survive restarts
 
 # TensorRT optimisation profiles for the DiT: one per duration bucket (seconds), so each engine is tuned
 # for the lengths it serves instead of one range from 10 s to 600 s. 25 latent frames per second.
-DURATION_BUCKETS = ((10.0, 60.0), (60.0, 180.0), (180.0, 600.0))
-LATENT_RATE = 25
-MIN_FRAMES = 128  # the runtime never renders fewer latent frames
-MAX_ENCODER_TOKENS = 256 + 1 + 2048  # caption tokens + the timbre token + lyric tokens
+DURATION_BUCKETS = ((MIN_SECONDS, 60.0), (60.0, 180.0), (180.0, MAX_SECONDS))
+# Caption tokens + the timbre token + lyric tokens.
+MAX_ENCODER_TOKENS = CAPTION_MAX_TOKENS + 1 + LYRIC_MAX_TOKENS
 
 
 @dataclass(frozen=True)

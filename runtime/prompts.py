@@ -10,9 +10,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-# Token caps of the official handler (text tokenizer max_length=256, lyric tokenizer 2048).
-CAPTION_MAX_TOKENS = 256
-LYRIC_MAX_TOKENS = 2048
+from .vocab import CAPTION_MAX_TOKENS, LYRIC_MAX_TOKENS, TIME_SIGNATURES, TRACK_NAMES
+from .vocab import TASKS as _REQUEST_TASKS
 
 END_OF_TEXT = "<|endoftext|>"
 INSTRUMENTAL = "[Instrumental]"
@@ -31,15 +30,10 @@ TASK_INSTRUCTIONS = {
     "complete_default": "Complete the input track:",
 }
 
-TASKS = ("text2music", "cover", "cover-nofsq", "repaint", "extract", "lego", "complete")
-
-TRACK_NAMES = (
-    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
-    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
-)
+TASKS = _REQUEST_TASKS + ("cover-nofsq",)
 
 # Request-side spellings of the canonical time signatures 2/3/4/6 (SPEC §7).
-_TIME_SIGNATURE_FRACTIONS = {"2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}
+_TIME_SIGNATURE_FRACTIONS = {k: str(v) for k, v in TIME_SIGNATURES.items() if "/" in k}
 
 # A caption block of an already formatted SFT prompt: from the "# Caption" heading to the next
 # "# " heading (normally "# Metas") or the end of the text.

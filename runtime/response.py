@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from acestep_edge.runtime.audio_io import EXTENSIONS, MIME_TYPES
-from acestep_edge.runtime.request import TASK_TYPE, Request, RequestError
+from acestep_edge.runtime.request import Request
+from acestep_edge.runtime.vocab import TASK_TYPE
+from acestep_edge.runtime.wire import error_entry
 
 
 def new_audio_uuid() -> str:
@@ -61,28 +63,9 @@ def build_response(
     return result
 
 
-def _error_entry(err: BaseException, task_uuid: str | None, task_type: str | None) -> dict:
-    if isinstance(err, RequestError):
-        return {
-            "code": err.code,
-            "message": err.message,
-            "parameter": err.parameter,
-            "taskType": err.task_type or task_type,
-            "taskUUID": err.task_uuid or task_uuid,
-        }
-    # Anything else is reported by type and message only: a bad field is named, never a traceback.
-    return {
-        "code": getattr(err, "code", None) or "internalError",
-        "message": str(err) or type(err).__name__,
-        "parameter": getattr(err, "parameter", None),
-        "taskType": task_type,
-        "taskUUID": task_uuid,
-    }
-
-
 def error_response(errors: BaseException | Iterable[BaseException], *,
                    task_uuid: str | None = None, task_type: str | None = TASK_TYPE) -> dict:
     """Runware's error envelope: {"errors": [{code, message, parameter, taskType, taskUUID}]}."""
     if isinstance(errors, BaseException):
         errors = [errors]
-    return {"errors": [_error_entry(e, task_uuid, task_type) for e in errors]}
+    return {"errors": [error_entry(e, task_uuid, task_type) for e in errors]}

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_FRAMES = 128
-MAX_SECONDS = 600.0
+from .vocab import MAX_SECONDS, MIN_FRAMES  # noqa: F401  (MAX_SECONDS: callers read it here)
 # Official generate_music: at most 25 latent frames / 0.05 s of crossfade, scaled by 1 − strength.
 MAX_CROSSFADE_FRAMES = 25
 MAX_WAV_CROSSFADE_SECONDS = 0.05

@@ -227,10 +227,10 @@ def test_error_response_shape():
     body = error_response(e.value)
     (entry,) = body["errors"]
     assert set(entry) == {"code", "message", "parameter", "taskType", "taskUUID"}
-    assert entry["parameter"] == "settings.bpm" and entry["code"] == "outOfRange"
+    assert entry["parameter"] == "settings.bpm" and entry["code"] == "valueOutOfRange"
     assert entry["taskUUID"] == UUID and entry["taskType"] == "audioInference"
     other = error_response([RuntimeError("latents are NaN")], task_uuid=UUID)["errors"][0]
-    assert other["code"] == "internalError" and "NaN" in other["message"]
+    assert other["code"] == "internalServerError" and "NaN" in other["message"]
     json.dumps(body)
 
 

@@ -10,8 +10,7 @@ import time
 import uuid
 
 import pytest
-from acestep_edge.runtime.pipeline import Pipeline
-from serverutil import DEMO_BUNDLE, LiveServer
+from serverutil import LiveServer
 
 pytestmark = pytest.mark.server
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (dev extra) is not installed")
@@ -70,8 +69,8 @@ def _dump(body) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("fuzz"), queue=64)
+def server(demo_pipeline, tmp_path_factory):
+    live = LiveServer(demo_pipeline, tmp_path_factory.mktemp("fuzz"), queue=64)
     live.delivered = set()
     yield live
     deadline = time.monotonic() + 300

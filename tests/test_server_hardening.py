@@ -14,16 +14,15 @@ import uuid
 import numpy as np
 import pytest
 import soundfile as sf
-from acestep_edge.runtime.pipeline import Pipeline
-from serverutil import DEMO_BUNDLE, LiveServer, task
+from serverutil import LiveServer, task
 
 pytestmark = pytest.mark.server
 EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Overflow)\b|Traceback")
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=1)
+def pipeline(demo_pipeline):
+    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 import uuid
 
 import pytest
-from acestep_edge.runtime.pipeline import Pipeline
 from sdkutil import Proxy, audio_params, run_sdk, sdk_path
 from serverutil import DEMO_BUNDLE, LiveServer
 
@@ -20,8 +19,9 @@ THREADS = 1  # as the CLI run below, so the audio is bit-identical
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=THREADS)
+def pipeline(demo_pipeline):
+    assert demo_pipeline.bundle.options.threads == THREADS
+    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

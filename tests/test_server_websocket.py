@@ -9,16 +9,15 @@ import time
 import uuid
 
 import pytest
-from acestep_edge.runtime.pipeline import Pipeline
-from serverutil import DEMO_BUNDLE, LiveServer, task
+from serverutil import LiveServer, task
 
 pytestmark = pytest.mark.server
 ws_client = pytest.importorskip("websockets.sync.client", reason="the [server] extra (websockets) is not installed")
 
 
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=1)
+def pipeline(demo_pipeline):
+    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

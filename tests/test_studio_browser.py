@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from serverutil import DEMO_BUNDLE, LiveServer
 
@@ -69,8 +68,8 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("renders"),
+def server(demo_pipeline, tmp_path_factory):
+    live = LiveServer(demo_pipeline, tmp_path_factory.mktemp("renders"),
                       max_body_bytes=LIMIT)
     yield live
     live.close()

@@ -7,9 +7,8 @@ import uuid
 
 import pytest
 from acestep_edge.runtime import vocab as rules
-from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
-from serverutil import DEMO_BUNDLE, LiveServer, task
+from serverutil import LiveServer, task
 
 pytestmark = pytest.mark.server
 
@@ -28,8 +27,8 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("renders"),
+def server(demo_pipeline, tmp_path_factory):
+    live = LiveServer(demo_pipeline, tmp_path_factory.mktemp("renders"),
                       max_body_bytes=3 * 2**20, api_key="k3y")
     yield live
     live.close()

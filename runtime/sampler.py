@@ -15,6 +15,8 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
+from .vocab import LATENT_CHANNELS
+
 GUIDANCE_KINDS = ("apg", "cfg", "adg")
 
 APG_MOMENTUM = -0.75
@@ -188,7 +190,7 @@ def guide(kind: str, v_cond: np.ndarray, v_null: np.ndarray, scale: float,
 # Noise and seeds
 
 
-def initial_noise(seed: int, frames: int, channels: int = 64) -> np.ndarray:
+def initial_noise(seed: int, frames: int, channels: int = LATENT_CHANNELS) -> np.ndarray:
     """Standard-normal float32 noise [1, frames, channels] from numpy's PCG64 seeded with `seed`.
 
     Not bit-compatible with the official CUDA torch.randn (runtime/noise.py rebuilds that); it is stable across

@@ -23,6 +23,7 @@ from acestep_edge.runtime.wire import check_unique, error_entry, error_object, p
 
 from .guard import PathGuard
 from .jobs import TERMINAL, Job, Renderer, ServerError
+from .studio import studio_routes
 
 log = logging.getLogger("acestep_edge.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -295,6 +296,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Star
         Route("/audio/{name}", audio_endpoint, methods=["GET", "HEAD"]),
         Route("/health", health_endpoint, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        *studio_routes(options.max_body_bytes, guard.check_task, require_key),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: not_allowed, Exception: server_error})

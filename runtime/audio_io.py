@@ -274,18 +274,33 @@ def _source_bytes_or_path(source: str | os.PathLike) -> bytes | Path:
     return Path(source)
 
 
-def read_audio(source: str | os.PathLike) -> np.ndarray:
+class AudioTooLong(AudioError):
+    """The source is longer than the caller's limit (found from its header, before decoding it)."""
+
+    def __init__(self, seconds: float, limit: float):
+        super().__init__(f"the audio is {seconds:.1f} s long; the limit is {limit:g} s (trim it first)")
+        self.seconds, self.limit = seconds, limit
+
+
+def read_audio(source: str | os.PathLike, max_seconds: float | None = None) -> np.ndarray:
     """Load source audio (path, file:// URI or data URI) as [2, n] float32 at 48 kHz in [-1, 1].
 
     Mono is duplicated to stereo; files with more than two channels are refused (no downmix
-    rule fits every layout: mix them to stereo first).
+    rule fits every layout: mix them to stereo first). Audio longer than `max_seconds` is refused
+    from its header, so a long source is never decoded whole.
     """
     src = _source_bytes_or_path(source)
-    if isinstance(src, Path) and not src.is_file():
-        raise AudioError(f"audio file {str(src)!r} does not exist")
     try:
+        if isinstance(src, Path) and not src.is_file():
+            raise AudioError(f"audio file {str(src)[:200]!r} does not exist")
+        if max_seconds is not None:
+            info = sf.info(io.BytesIO(src) if isinstance(src, bytes) else str(src))
+            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+                raise AudioTooLong(info.frames / info.samplerate, max_seconds)
         data, rate = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src),
                              dtype="float32", always_2d=True)
+    except OSError as exc:  # a name too long, a folder, no permission: the client's path, not a server fault
+        raise AudioError(f"cannot open audio file {str(src)[:200]!r}: {exc.strerror or exc}") from exc
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         where = "data URI" if isinstance(src, bytes) else repr(str(src))
         raise AudioError(f"could not decode audio from {where}: {exc}; "

@@ -57,7 +57,7 @@ def _progress(enabled: bool, label: str):
         return None, None
     bar = click.progressbar(length=1, label=label, file=sys.stderr, show_pos=True)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, index: int = 0) -> None:
         bar.length = total
         bar.update(done - bar.pos)
 

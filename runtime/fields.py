@@ -15,7 +15,8 @@ def field_error(param: str, message: str, code: str = "invalidParameter") -> Req
 
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    # An int is finite however long (math.isfinite would overflow converting a 309-digit one to float).
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
 
 
 def is_integral(v: Any) -> bool:
@@ -35,7 +36,7 @@ def number(obj: Mapping, key: str, param: str, lo: float, hi: float, default: An
     if not is_number(v) or (integer and not is_integral(v)):
         raise field_error(param, f"expected {kind} {bound}, got {show(v)}", "invalidType")
     if (v <= lo if lo_open else v < lo) or v > hi:
-        raise field_error(param, f"{show(v)} is out of range; use {kind} {bound}", "outOfRange")
+        raise field_error(param, f"{show(v)} is out of range; use {kind} {bound}", "valueOutOfRange")
     return int(v) if integer else float(v)
 
 
@@ -51,9 +52,9 @@ def string(obj: Mapping, key: str, param: str, *, max_chars: int, required: bool
         raise field_error(param, f"expected a string of at most {max_chars} characters, got {show(v)}",
                           "invalidType")
     if not allow_empty and not v.strip():
-        raise field_error(param, f"must not be empty; send 1 to {max_chars} characters", "outOfRange")
+        raise field_error(param, f"must not be empty; send 1 to {max_chars} characters", "valueOutOfRange")
     if len(v) > max_chars:
-        raise field_error(param, f"is {len(v)} characters long; the limit is {max_chars}", "outOfRange")
+        raise field_error(param, f"is {len(v)} characters long; the limit is {max_chars}", "valueOutOfRange")
     return v
 
 

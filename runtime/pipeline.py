@@ -75,6 +75,18 @@ class Pipeline:
                                  device=device or DeviceOptions())
         return cls(Bundle(bundle, options), config)
 
+    def warm_up(self) -> None:
+        """Create every session of the bundle now (a server does this before its first request)."""
+        for name in self.bundle.manifest.get("graphs", {}):
+            self.bundle.session(name)
+
+    def info(self) -> dict:
+        """What a front end shows: the bundle, and each created session's providers and precision."""
+        manifest = self.bundle.manifest
+        return {"bundle": {"name": Path(self.bundle.path).resolve().name, "format": manifest.get("format"),
+                           "format_version": manifest.get("format_version")},
+                "providers": self.bundle.providers_in_use(), "precisions": self.bundle.precisions_in_use()}
+
     def condition(self, request: Request, seed: int | None = None) -> Conditioning:
         """Prompts, timbre, source latents and masks of a request; `seed` seeds the VAE posterior draws."""
         return self.conditioner.condition(request, seed, self.defaults.chunk_mask)
@@ -103,18 +115,19 @@ class Pipeline:
         return Render(self, request, cond, seed + index, noise)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
-                 progress: Callable[[int, int], None] | None = None, cancel=None, index: int = 0,
+                 progress: Callable[[int, int, int], None] | None = None, cancel=None, index: int = 0,
                  conditioning: Conditioning | None = None) -> GenerationResult:
+        """One result; `progress(step, steps, index)` after every step says which result is rendering."""
         render = self.start(request, noise, index, conditioning)
         for step in render:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("render cancelled; nothing was written")
             if progress is not None:
-                progress(step.index + 1, step.total)
+                progress(step.index + 1, step.total, index)
         return render.result()
 
     def generate_all(self, request: Request | dict, noise: np.ndarray | None = None,
-                     progress: Callable[[int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
+                     progress: Callable[[int, int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:

@@ -14,7 +14,7 @@ import numpy as np
 from . import sampler
 from .conditioning import Branch, Conditioning
 from .edits import PLAIN
-from .postprocess import check_latents, finish_audio, tiled_decode
+from .postprocess import anticlip, check_latents, finish_audio, tiled_decode
 from .request import Request
 from .vocab import LATENT_CHANNELS
 from .wire import RequestError
@@ -123,7 +123,8 @@ class Render:
         audio = tiled_decode(lambda z: bundle.run("vae_decoder", {"latents": z})[0], self.latents,
                              self.pipeline.hop, defaults.vae_chunk, defaults.vae_overlap)
         self.timings["vae_decoder"] = time.perf_counter() - start
-        audio = self.edit.splice(audio, self.pipeline.sample_rate)
+        # As generate_music: anti-clip the decode, then splice the source back, then normalise.
+        audio = self.edit.splice(anticlip(audio), self.pipeline.sample_rate)
         audio = finish_audio(audio, self.cond.output_samples, normalize=config.normalize)
         metadata = {
             "timings": self.timings,

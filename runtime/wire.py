@@ -11,6 +11,8 @@ from .vocab import TASK_TYPE
 
 # Schemes of audio this offline runtime never fetches (the CLI, the parser and the server agree).
 REMOTE_SCHEMES = ("http", "https", "ftp", "s3")
+MAX_DEPTH = 32  # a Runware task nests 3 deep; deeper bodies are refused before anything walks them
+MAX_INT_DIGITS = 100  # no field needs more; Python itself refuses over 4,300 digits with a ValueError
 _REMOTE = re.compile(r"^(%s)://" % "|".join(REMOTE_SCHEMES), re.IGNORECASE)
 
 
@@ -45,7 +47,9 @@ def error_entry(err: BaseException, task_uuid: str | None = None, task_type: str
     if isinstance(err, RequestError):
         return error_object(err.code, err.message, err.parameter, err.task_uuid or task_uuid,
                             err.task_type or task_type)
-    return error_object(getattr(err, "code", None) or "internalError", str(err) or type(err).__name__,
+    # Never an exception's class name (clients see messages, the log keeps types and tracebacks).
+    return error_object(getattr(err, "code", None) or "internalServerError",
+                        str(err).encode("utf-8", "replace").decode()[:300] or "the render failed",
                         getattr(err, "parameter", None), task_uuid, task_type)
 
 
@@ -56,18 +60,60 @@ def parse_body(body: Any) -> list:
     """
     if isinstance(body, (str, bytes, bytearray)):
         try:
-            body = json.loads(body)
+            body = json.loads(body, parse_int=_int)
+        except RecursionError:
+            raise RequestError("request", f"request: JSON nested deeper than {MAX_DEPTH} levels",
+                               "invalidJSON") from None
         except json.JSONDecodeError as exc:
             raise RequestError("request", f"request: not valid JSON ({exc.msg} at line {exc.lineno}, column "
                                f"{exc.colno})", "invalidJSON") from exc
         except UnicodeDecodeError as exc:
             raise RequestError("request", f"request: not valid JSON (not UTF-8 text: {exc.reason} at byte "
                                f"{exc.start})", "invalidJSON") from exc
+    check_tree(body)
     items = [body] if isinstance(body, Mapping) else body
     if not isinstance(items, list) or not items:
         raise RequestError("request", "request: send an audioInference task object or a non-empty JSON array "
                            f"of task objects, got {show(body)}", "invalidType")
     return items
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise RequestError("request", f"request: a number with {len(text)} digits; no field takes more than "
+                           f"{MAX_INT_DIGITS}", "invalidValue")
+    return int(text)
+
+
+def check_tree(value: Any) -> None:
+    """Refuse what would crash a later step: nesting deeper than MAX_DEPTH (recursion), and strings (keys
+    too) that are not valid Unicode (lone surrogates, which no UTF-8 encoder writes). No recursion here."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RequestError("request", f"request: JSON nested deeper than {MAX_DEPTH} levels", "invalidJSON")
+        if isinstance(item, str):
+            _check_text(item, path or "request")
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                name = key if path.startswith("[") and path.endswith("]") and path.count("[") == 1 else \
+                    f"{path}.{key}".lstrip(".")  # fields of a top-level task are named as the parser names them
+                _check_text(str(key), name)
+                stack.append((child, name, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def _check_text(text: str, param: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        name = param.encode("ascii", "replace").decode("ascii")
+        raise RequestError(name, f"{name}: not valid Unicode (a lone UTF-16 surrogate); send UTF-8 text",
+                           "invalidUnicode") from None
 
 
 def check_unique(task_uuid: str, seen: set[str]) -> None:

@@ -16,6 +16,7 @@ pytest.importorskip("starlette", reason="the [server] extra (starlette, uvicorn)
 import acestep_edge  # noqa: E402
 from acestep_edge.server.app import ServerOptions, create_app  # noqa: E402
 from acestep_edge.server.jobs import Renderer  # noqa: E402
+from acestep_edge.server.run import JSONErrorProtocol  # noqa: E402
 
 DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
 TIMEOUT = 60  # seconds any single HTTP exchange may take in these tests
@@ -24,10 +25,14 @@ TIMEOUT = 60  # seconds any single HTTP exchange may take in these tests
 class LiveServer:
     """uvicorn serving create_app() from a thread of the test process, on loopback only."""
 
-    def __init__(self, pipeline, out_dir: Path, queue: int = 16, **options):
-        self.renderer = Renderer(pipeline, out_dir, queue)
-        app = create_app(self.renderer, ServerOptions(bundle_info={"name": "demo_bundle"}, **options))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    def __init__(self, pipeline, out_dir: Path, queue: int = 16, step_delay: float = 0.0, **options):
+        self.renderer = Renderer(pipeline, out_dir, queue, step_delay=step_delay)
+        options.setdefault("bundle_info", {"name": "demo_bundle"})
+        self.options = ServerOptions(**options)
+        app = create_app(self.renderer, self.options)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    http=JSONErrorProtocol, ws="websockets-sansio",
+                                                    ws_max_size=self.options.max_body_bytes))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -42,6 +47,7 @@ class LiveServer:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+        self.renderer.close()  # idempotent; frees the out-dir lock even if the lifespan did not run
 
     def request(self, method: str, path: str, body=None, headers=None, raw: bytes | None = None):
         """(status, parsed JSON or bytes, headers) over a fresh loopback connection."""

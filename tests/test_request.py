@@ -227,10 +227,10 @@ def test_error_response_shape():
     body = error_response(e.value)
     (entry,) = body["errors"]
     assert set(entry) == {"code", "message", "parameter", "taskType", "taskUUID"}
-    assert entry["parameter"] == "settings.bpm" and entry["code"] == "outOfRange"
+    assert entry["parameter"] == "settings.bpm" and entry["code"] == "valueOutOfRange"
     assert entry["taskUUID"] == UUID and entry["taskType"] == "audioInference"
     other = error_response([RuntimeError("latents are NaN")], task_uuid=UUID)["errors"][0]
-    assert other["code"] == "internalError" and "NaN" in other["message"]
+    assert other["code"] == "internalServerError" and "NaN" in other["message"]
     json.dumps(body)
 
 
@@ -254,3 +254,21 @@ def test_build_response(tmp_path):
     assert uuid.UUID(b64["audioUUID"]).version == 4
     with pytest.raises(ValueError):
         build_response(req, seed=1)
+
+
+@pytest.mark.parametrize("settings,top", [
+    ({"task": "complete", "trackClasses": ["bass"]}, {}),  # no inputs.audio: a silent target
+    ({"task": "repaint"}, {"inputs": {"audio": "/tmp/a.wav"}}),  # the whole source
+    ({"repaintingStart": 1, "coverConditioningScale": 0.5}, {"inputs": {"audio": "/tmp/a.wav"}}),
+    ({"task": "extract"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+    ({"task": "complete"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+    ({"task": "lego", "repaintMode": "conservative"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+])
+def test_combinations_the_official_handler_accepts(settings, top):
+    req = _base(settings=settings, **top)
+    if "inputs" in top:
+        req.pop("duration")
+    parsed = parse_request(req)
+    assert parsed.settings.task == settings.get("task", "repaint")
+    if "inputs" not in top:
+        assert parsed.duration == 30 and parsed.input_audio is None

@@ -142,6 +142,8 @@ def test_parser_bad_inputs_give_the_same_errors(server, case):
     data = _changed(_load_tests("test_request")._base(), change)
     status, body = server.post([data])
     if name == "async":  # accepted: answered at once, then cancelled so it does not occupy the queue
+        data["taskUUID"] = str(uuid.uuid4())  # the base UUID is already held (a resend is a conflict)
+        status, body = server.post([data])
         assert status == 200 and body["data"][0]["status"] == "processing", body
         assert server.request("DELETE", f"/v1/tasks/{data['taskUUID']}")[0] == 200
         assert server.events(data["taskUUID"])[-1][0] == "cancelled"
@@ -170,9 +172,9 @@ def test_post_to_root_and_body_limit(pipeline, tmp_path):
         assert status == 200 and body["data"][0]["audioURL"].startswith(live.base + "/audio/")
         big = task(str(uuid.uuid4()), settings={"lyrics": "la " * 3000})
         status, body, _ = live.request("POST", "/v1", [big])
-        assert status == 413 and body["errors"][0]["code"] == "bodyTooLarge"
+        assert status == 413 and body["errors"][0]["code"] == "maxBodySizeExceeded"
         status, body, _ = live.request("GET", "/no/such/thing")
-        assert status == 404 and body["errors"][0]["code"] == "notFound"
+        assert status == 404 and body["errors"][0]["code"] == "endpointNotFound"
     finally:
         live.close()
 
@@ -213,12 +215,12 @@ def test_health_studio_and_audio_names(server):
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert b'<progress id="progress"' in page and b"/static/studio.js" in page
     status, body, _ = server.request("GET", "/v1")
-    assert status == 405 and body["errors"][0]["code"] == "methodNotAllowed"
+    assert status == 405 and body["errors"][0]["code"] == "unsupportedMethod"
     status, script, _ = server.request("GET", "/static/studio.js")
     assert status == 200 and b"/events" in script
     for bad in ("/audio/..%2F..%2Fetc%2Fpasswd", "/audio/manifest.json", f"/audio/{uuid.uuid4()}.wav"):
         status, body, _ = server.request("GET", bad)
-        assert status == 404 and body["errors"][0]["code"] in ("fileNotFound", "notFound"), bad
+        assert status == 404 and body["errors"][0]["code"] in ("fileNotFound", "endpointNotFound"), bad
 
 
 def test_serve_help():
@@ -238,11 +240,11 @@ def test_internal_failures_are_500_without_a_traceback(pipeline, tmp_path, monke
 
         monkeypatch.setattr(live.renderer.pipeline, "generate", broken_render)
         status, render_body = live.post([task(str(uuid.uuid4()))])
-        assert status == 500 and render_body["errors"][0]["code"] == "internalError"
+        assert status == 500 and render_body["errors"][0]["code"] == "internalServerError"
         assert "latents are NaN" in render_body["errors"][0]["message"]
         monkeypatch.setattr(live.renderer, "recent", lambda: 1 / 0)  # a handler bug, not a render failure
         status, handler_body, _ = live.request("GET", "/v1/renders")
-        assert status == 500 and handler_body["errors"][0]["code"] == "internalError"
+        assert status == 500 and handler_body["errors"][0]["code"] == "internalServerError"
         for body in (render_body, handler_body):
             assert "Traceback" not in json.dumps(body) and 'File "' not in json.dumps(body)
         assert list(tmp_path.iterdir()) == []

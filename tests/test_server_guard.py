@@ -13,7 +13,7 @@ import soundfile as sf
 from acestep_edge.runtime.pipeline import Pipeline
 from serverutil import DEMO_BUNDLE, LiveServer
 
-GUARD_CODES = ("pathNotAllowed", "invalidFormat")
+GUARD_CODES = ("invalidPath", "invalidFormat")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_paths_outside_allow_dir_are_refused_unread(server, tree, opened, where,
     assert err["parameter"] == where and err["code"] in GUARD_CODES, err
     # The guard's own wording (the runtime's parser would name other things) and how to fix it.
     assert "data URI" in err["message"], err["message"]
-    if err["code"] == "pathNotAllowed" and "relative" not in err["message"]:
+    if err["code"] == "invalidPath" and "relative" not in err["message"]:
         assert "outside the folders this server may read" in err["message"]
     assert opened == [], opened
 
@@ -114,14 +114,14 @@ def test_paths_inside_allow_dir_reach_the_runtime(server, tree, where):
     for value in (str(allowed / "ok.wav"), (allowed / "ok.wav").as_uri(), f"{allowed}/sub/../ok.wav"):
         status, body = server.post([source_task(where, value)])
         codes = [e["code"] for e in body.get("errors", [])]
-        assert "pathNotAllowed" not in codes, body
+        assert "invalidPath" not in codes, body
 
 
 def test_data_uris_pass_the_guard(server, tree):
     _, allowed, _ = tree
     uri = "data:audio/wav;base64," + base64.b64encode((allowed / "ok.wav").read_bytes()).decode()
     status, body = server.post([source_task("inputs.audio", uri)])
-    assert "pathNotAllowed" not in [e["code"] for e in body.get("errors", [])], body
+    assert "invalidPath" not in [e["code"] for e in body.get("errors", [])], body
 
 
 def test_without_allow_dir_no_path_is_read(pipeline, tree, tmp_path, opened):
@@ -130,6 +130,6 @@ def test_without_allow_dir_no_path_is_read(pipeline, tree, tmp_path, opened):
     try:
         status, body = live.post([source_task("inputs.audio", str(allowed / "ok.wav"))])
         (err,) = body["errors"]
-        assert status == 400 and err["code"] == "pathNotAllowed" and "--allow-dir" in err["message"]
+        assert status == 400 and err["code"] == "invalidPath" and "--allow-dir" in err["message"]
     finally:
         live.close()

@@ -59,7 +59,7 @@ def test_load_8_clients_x_3_requests_queue_of_4(pipeline, tmp_path):
     for task_uuid, (status, body, req) in outcomes.items():
         if status == 429:
             (err,) = body["errors"]
-            assert err["code"] == "queueFull" and err["taskUUID"] == task_uuid and "data" not in body
+            assert err["code"] == "rateLimitExceeded" and err["taskUUID"] == task_uuid and "data" not in body
             continue
         (result,) = body["data"]  # exactly one result, for this task: nothing duplicated or swapped
         assert result["taskUUID"] == task_uuid and result["seed"] == req["seed"]
@@ -127,7 +127,7 @@ def test_cancel_running_and_queued_renders_writes_nothing(pipeline, tmp_path):
             assert "nothing was written" in err["message"]
         assert _files(tmp_path) == []  # no audio, no temp file
         status, body, _ = live.request("DELETE", f"/v1/tasks/{running['taskUUID']}")
-        assert status == 409 and body["errors"][0]["code"] == "taskFinished"
+        assert status == 409 and body["errors"][0]["code"] == "conflictTaskFinished"
         assert live.request("DELETE", f"/v1/tasks/{uuid.uuid4()}")[0] == 404
         # A sync request whose render is cancelled answers with the cancel error.
         sync = task(str(uuid.uuid4()), **LONG)
@@ -234,13 +234,13 @@ def test_finished_jobs_kept_are_bounded_and_stale_temp_files_go(pipeline, tmp_pa
     from acestep_edge.runtime.request import parse_request
     from acestep_edge.server import jobs
 
-    old, fresh = tmp_path / ".a.wav.x1.part", tmp_path / ".b.wav.x2.part"
-    old.write_bytes(b"")
-    fresh.write_bytes(b"")
-    os.utime(old, (0, 0))  # left by a process killed long ago; `fresh` may be another writer's
+    # A server killed mid-write left its temp file, however recent; a file not named like ours stays.
+    ours, other = tmp_path / f".{uuid.uuid4()}.wav.x1yz.part", tmp_path / ".notes.txt.x2.part"
+    ours.write_bytes(b"")
+    other.write_bytes(b"")
     renderer = jobs.Renderer(pipeline, tmp_path, 4)
     try:
-        assert _files(tmp_path) == [fresh.name]
+        assert _files(tmp_path) == [other.name]
         monkeypatch.setattr(jobs, "KEEP_INLINE_BYTES", 250)
         for _ in range(5):
             job = jobs.Job(parse_request(task(str(uuid.uuid4()))), "http://127.0.0.1/")
@@ -266,3 +266,33 @@ def test_port_in_use_exits_with_a_clear_error(tmp_path):
                               timeout=60)  # bounded: the worker thread must not keep the process alive
     assert proc.returncode != 0 and "address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_refuses_queued_work_retryably_and_keeps_results_collectable(tmp_path):
+    proc, client, out, finished = _start_server(tmp_path, drain=60)
+    try:
+        running = task(str(uuid.uuid4()), deliveryMethod="async", steps=60)
+        queued = task(str(uuid.uuid4()), deliveryMethod="async", **LONG)
+        assert client.post([running, queued])[0] == 200
+
+        def on_event(name, data):
+            if name == "progress" and data["step"] == 5:
+                proc.send_signal(signal.SIGTERM)
+
+        events = client.events(running["taskUUID"], on_event=on_event)
+        assert events[-1][0] == "done"
+        # The queued task: a retryable "service unavailable" with a retry hint, not "cancelled".
+        status, body, headers = client.request("POST", "/v1", [{"taskType": "getResponse",
+                                                                "taskUUID": queued["taskUUID"]}])
+        assert status == 503 and headers.get("retry-after") == "5", body
+        assert body["errors"][0]["code"] == "serviceUnavailable" and "shutting down" in body["errors"][0]["message"]
+        # The render that finished during the drain can still be collected: the listener is open.
+        status, body = client.post([{"taskType": "getResponse", "taskUUID": running["taskUUID"]}])
+        assert status == 200 and body["data"][0]["status"] == "success", body
+        assert client.request("GET", "/audio/" + body["data"][0]["audioURL"].rsplit("/", 1)[1])[0] == 200
+        status, body = client.post([task(str(uuid.uuid4()))])
+        assert status == 503 and body["errors"][0]["code"] == "serviceUnavailable"
+        assert finished()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

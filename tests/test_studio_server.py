@@ -17,10 +17,11 @@ STUB = "data:audio/wav;base64,UklGRg=="
 BAD = [
     {"steps": "abc"},
     {"duration": 5},
-    {"inputs": {"audio": STUB}, "settings": {"task": "repaint"}},
+    {"inputs": {"audio": STUB}, "duration": None, "settings": {"task": "extract", "coverConditioningScale": 0.5}},
     {"inputs": {"audio": STUB}, "duration": None, "settings": {"task": "repaint", "repaintingStart": 5, "repaintingEnd": 4}},
     {"settings": {"trackName": "drums"}},
-    {"inputs": {"audio": STUB}, "duration": None, "strength": 0.5, "settings": {"task": "extract"}},
+    {"inputs": {"audio": STUB}, "duration": None, "strength": 0.5,
+     "settings": {"task": "repaint", "repaintingStart": 1, "repaintMode": "conservative"}},
     {"settings": {"bpm": 10}},
     {"positivePrompt": ""},
 ]
@@ -71,4 +72,4 @@ def test_check_renders_nothing_and_needs_the_key(server):
     # A local path is refused as /v1 refuses it (this server has no --allow-dir).
     status, body, _ = server.request("POST", "/studio/check", {**good, "duration": None,
                                                                 "inputs": {"audio": "/etc/passwd"}}, AUTH)
-    assert body["errors"][0]["parameter"] == "inputs.audio" and body["errors"][0]["code"] == "pathNotAllowed"
+    assert body["errors"][0]["parameter"] == "inputs.audio" and body["errors"][0]["code"] == "invalidPath"

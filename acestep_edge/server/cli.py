@@ -1,4 +1,4 @@
-"""`acestep-edge serve`: load the bundle once, then answer Runware requests over HTTP until SIGTERM."""
+"""`acestep-edge serve`: load the bundle once, then answer Runware requests over HTTP/WebSocket until SIGTERM."""
 
 from __future__ import annotations
 
@@ -52,12 +52,21 @@ def _is_loopback(host: str) -> bool:
               help="Largest request body accepted (HTTP 413 above).")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=30, show_default=True,
               help="On SIGTERM: how long the running render may finish before it is cancelled.")
+@click.option("--public-url", default=None,
+              help="The URL clients reach this server at (behind a proxy, or bound to 0.0.0.0): the base of "
+                   "audioURL, and a Host name it answers to.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web page origin (https://app.example) that may call this server from a browser "
+                   "(repeatable; '*' for any). Default: the studio's own origin only.")
+@click.option("--webhook-allow", "webhook_allow", multiple=True,
+              help="HOST[:PORT] that webhookURL / uploadEndpoint may name (repeatable). Default: loopback only.")
 def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key, allow_dirs, max_body_mb,
-                  drain_seconds):
-    """Serve Runware audioInference requests over HTTP, with a web studio at /.
+                  drain_seconds, public_url, cors_origins, webhook_allow):
+    """Serve Runware audioInference requests over HTTP and WebSocket, with a web studio at /.
 
     \b
     POST /v1 (or /)              JSON array of tasks -> {"data": [...]} / {"errors": [...]}
+    WebSocket /v1 (or /)         Runware's WebSocket protocol (authentication, ping, getResponse)
     GET  /v1/tasks/UUID/events   progress as server-sent events
     DELETE /v1/tasks/UUID        cancel a queued or running render
     GET  /health                 bundle, providers in use, queue depth
@@ -67,6 +76,7 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
+        import websockets  # noqa: F401
     except ImportError as exc:
         _missing_extra(exc)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
@@ -78,7 +88,8 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
 
         server = build_server(bundle, host=host, port=port, provider=provider, threads=threads, queue=queue,
                               out_dir=out_dir, api_key=api_key, allow_dirs=allow_dirs, max_body_mb=max_body_mb,
-                              drain_seconds=drain_seconds)
+                              drain_seconds=drain_seconds, public_url=public_url, cors_origins=cors_origins,
+                              webhook_allow=webhook_allow)
     except (BundleError, OSError, RuntimeError, ValueError) as exc:
         click.echo(f"acestep-edge serve: {exc}", err=True)
         sys.exit(1)

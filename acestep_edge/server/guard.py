@@ -6,6 +6,7 @@ resolves (symlinks and `..` included) inside an allowed folder.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -49,16 +50,22 @@ class PathGuard:
             raise self._error(param, f"{param}: the path contains a NUL byte", "invalidFormat", task)
         if not self.allow_dirs:
             raise self._error(param, f"{param}: this server reads no local files (it was started without "
-                              "--allow-dir); send the audio inline as a data URI", "pathNotAllowed", task)
+                              "--allow-dir); send the audio inline as a data URI", "invalidPath", task)
         if not os.path.isabs(path):
             raise self._error(param, f"{param}: {path!r} is relative; send an absolute path (or file:// URI) "
-                              f"under {self._dirs()}, or send a data URI", "pathNotAllowed", task)
+                              f"under {self._dirs()}, or send a data URI", "invalidPath", task)
         # realpath resolves `..` and symlinks without opening the file.
         resolved = Path(os.path.realpath(path))
+        try:
+            os.stat(resolved)
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES):  # missing files are the runtime's
+                raise self._error(param, f"{param}: cannot open {path[:80]!r}: {exc.strerror}", "invalidPath",
+                                  task) from None
         if not any(resolved == d or d in resolved.parents for d in self.allow_dirs):
             raise self._error(param, f"{param}: {path!r} is outside the folders this server may read "
                               f"({self._dirs()}); move the file there or send a data URI",
-                              "pathNotAllowed", task)
+                              "invalidPath", task)
         return str(resolved)
 
     def _file_uri_path(self, value: str, param: str, task: Mapping) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from starlette.requests import Request as HTTPRequest
@@ -14,6 +13,9 @@ from acestep_edge.runtime import request as rules
 from acestep_edge.runtime.audio_io import FORMATS
 from acestep_edge.runtime.request import RequestError, parse_request
 from acestep_edge.runtime.response import error_response
+from acestep_edge.runtime.wire import error_entry, parse_body
+
+from .wire import BODY_TOO_LARGE
 
 CHECK_BODY_BYTES = 2**20  # the page checks with its audio replaced by a stub, so a task is small
 
@@ -63,13 +65,12 @@ def studio_routes(max_body_bytes: int, check_paths: Callable[[object], None],
         async for chunk in request.stream():
             body += chunk
             if len(body) > CHECK_BODY_BYTES:
-                return JSONResponse({"errors": [{"code": "bodyTooLarge", "parameter": "request", "message":
+                return JSONResponse({"errors": [{"code": BODY_TOO_LARGE, "parameter": "request", "message":
                                      "request: send the task with its audio replaced by a short data URI"}]}, 413)
         try:
-            task = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return JSONResponse({"errors": [{"code": "invalidJSON", "parameter": "request",
-                                             "message": f"request: not valid JSON ({exc})"}]}, 400)
-        return JSONResponse({"errors": check_task(task, check_paths)})
+            tasks = parse_body(bytes(body))  # the runtime's parser: also refuses deep nesting, lone surrogates
+        except RequestError as exc:
+            return JSONResponse({"errors": [error_entry(exc, task_type=None)]}, 400)
+        return JSONResponse({"errors": check_task(tasks[0] if len(tasks) == 1 else tasks, check_paths)})
 
     return [Route("/studio/config", config, methods=["GET"]), Route("/studio/check", check, methods=["POST"])]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from . import sampler
+from .adapters import AdapterSet
 from .conditioning import Branch, Conditioning
 from .edits import PLAIN
 from .postprocess import anticlip, check_latents, finish_audio, tiled_decode
@@ -27,8 +28,9 @@ class Render:
     """One result's sampling loop; yields a `sampler.Step` after every DiT step."""
 
     def __init__(self, pipeline: "Pipeline", request: Request, cond: Conditioning, seed: int,
-                 noise: np.ndarray | None):
+                 noise: np.ndarray | None, adapters: AdapterSet | None = None, stages=None):
         self.pipeline, self.request, self.cond, self.seed = pipeline, request, cond, seed
+        self.stages = stages  # (stage, done, total) for the DiT steps and VAE chunks, or None
         self.shift = pipeline.defaults.shift_for(request)
         self.edit = cond.edit or PLAIN
         self.noise = self._initial_noise(noise)
@@ -42,7 +44,8 @@ class Render:
         self.latents: np.ndarray | None = None
         self.timings = dict(cond.timings)
         self._dit_seconds = 0.0
-        self.dit = pipeline.bundle.dit_runner(self._dit_constants())
+        self.adapters = adapters or pipeline.adapters.base()  # the factor feeds, shared by every DiT call
+        self.dit = pipeline.bundle.dit_runner(self._dit_constants(), self.adapters.feeds)
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
         """Each result draws from its own seed with a fresh generator, as the official code does per
@@ -104,8 +107,13 @@ class Render:
         guided = sampler.guided_velocity(self.velocity, settings.guidance_type, self.request.cfg_scale, interval,
                                          sampler.GuidanceState())
         steps = sampler.euler(self.x, self.schedule, guided, self.post_step)
+        total = self.schedule.size - 1
+        if self.stages is not None:
+            self.stages("dit", 0, total)
         for step in steps:
             self.x = step.x
+            if self.stages is not None:
+                self.stages("dit", step.index + 1, step.total)
             yield step
         self.x = self.edit.crossfade(self.x)
         self.latents = self.x
@@ -121,7 +129,8 @@ class Render:
         bundle, config, defaults = self.pipeline.bundle, self.pipeline.config, self.pipeline.defaults
         start = time.perf_counter()
         audio = tiled_decode(lambda z: bundle.run("vae_decoder", {"latents": z})[0], self.latents,
-                             self.pipeline.hop, defaults.vae_chunk, defaults.vae_overlap)
+                             self.pipeline.hop, defaults.vae_chunk, defaults.vae_overlap,
+                             None if self.stages is None else lambda done, n: self.stages("vae_decoder", done, n))
         self.timings["vae_decoder"] = time.perf_counter() - start
         # As generate_music: anti-clip the decode, then splice the source back, then normalise.
         audio = self.edit.splice(anticlip(audio), self.pipeline.sample_rate)
@@ -137,5 +146,6 @@ class Render:
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
             "noise": self.noise_info,
+            "adapters": self.adapters.report,
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import noise
+from .adapters import parse_lora
 from .audio_fields import AudioSettings, audio_settings, audio_source
 from .audio_io import FORMATS
 from .fields import boolean, choice, field_error, is_integral, is_number, number, section, string
@@ -45,7 +46,7 @@ _SETTINGS_KEYS = (
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
     "steps", "CFGScale", "numberResults", "outputType", "outputFormat", "audioSettings",
-    "inputs", "strength", "settings",
+    "inputs", "strength", "settings", "lora",
 )
 
 
@@ -95,6 +96,7 @@ class Request:
     strength: float | None
     settings: Settings
     warnings: tuple[str, ...] = ()
+    lora: tuple = ()  # runtime/adapters.py LoraRef entries, in request order
 
     @property
     def latent_frames(self) -> int:
@@ -343,7 +345,9 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         strength=strength,
         settings=settings,
         warnings=tuple(warnings),
+        lora=parse_lora(obj.get("lora")),
     )
+
 
 
 def parse_requests(obj: Any) -> list[Request]:

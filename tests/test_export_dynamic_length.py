@@ -21,6 +21,8 @@ from acestep_edge.models.random_checkpoint import random_tensor
 
 ort = pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 
 # (ops, --full-attention) → (Scan present, Attention present) in the DiT graph.
 EXPECTED = {("standard", "auto"): (True, False), ("standard", "fused"): (False, True), ("plain", "auto"): (False, False)}
@@ -33,7 +35,7 @@ def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops, full_attention):
     preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, sliding_window=128))
     model = AceStepModel(preset.dit)
     model.load_state_dict({k: random_tensor(k, tuple(v.shape), seed=5) for k, v in model.state_dict().items()})
-    spec = graph_specs(preset)["dit"]
+    spec = graph_specs(preset, "none")["dit"]  # the bare DiT contract: no adapter inputs
     graph = spec.build(type("Ck", (), {"acestep": model})())
     path = tmp_path / "dit.onnx"
     save_program(export_program(spec, graph, preset, ops=ops, full_attention=full_attention), path)

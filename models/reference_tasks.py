@@ -1,10 +1,12 @@
 """PyTorch reference for the editing tasks (cover, repaint, extract, lego, complete), the timbre
 reference and the negative prompt: the baseline the runtime's task path is compared with.
 
-Written from the official code (ace-step/ACE-Step-1.5: acestep/core/generation/handler/
-padding_utils.py, conditioning_masks.py, conditioning_target.py, io_audio.py, generate_music.py,
+Written from the official code (ace-step/ACE-Step-1.5 at commit 53067ab: acestep/core/generation/
+handler/padding_utils.py, conditioning_masks.py, conditioning_target.py, conditioning_text.py,
+prompt_utils.py, io_audio.py, generate_music.py, generate_music_decode.py,
 repaint_waveform_splice.py; acestep/models/xl_base/modeling_acestep_v15_xl_base.py generate_audio),
-independently of runtime/tasks.py and runtime/sampler.py: only the prompt strings are shared.
+with its default chunk_mask_mode "auto" (a chunk mask of 1.0 everywhere), independently of
+runtime/tasks.py and runtime/sampler.py: only the prompt strings and the tokenizer are shared.
 Explicit noises stand in for every random draw (initial noise, the source and reference VAE
 posterior samples); the reference segments use the middle of each random offset range.
 """
@@ -51,9 +53,9 @@ class TaskParams:
 
 
 def _posterior(vae: OobleckVae, audio: np.ndarray, noise: np.ndarray, window: float, overlap: float) -> torch.Tensor:
-    """Tiled encode of whole hops of [2, n] audio, sampled with explicit noise [1, T, 64] → [1, T, 64]."""
-    frames = audio.shape[-1] // HOP
-    x = torch.from_numpy(np.ascontiguousarray(audio[:, :frames * HOP]))[None].float()
+    """Tiled encode of the whole [2, n] audio (a partial last hop included, as the official
+    vae_encode), sampled with explicit noise [1, n // hop, 64] → [1, n // hop, 64]."""
+    x = torch.from_numpy(np.ascontiguousarray(audio))[None].float()
     mean, scale = tiled_encode(vae, x, window, overlap)
     eps = torch.from_numpy(noise).float().transpose(1, 2)
     return OobleckVae.sample_latents(mean, scale, eps).transpose(1, 2)
@@ -99,21 +101,35 @@ class TaskReference:
             self._encoded[key] = _posterior(self.pipe.vae, audio, noise, p.encode_window, p.encode_overlap)
         return self._encoded[key].clone()
 
+    def _caption_ids(self, instruction: str, p: TaskParams, seconds: float, caption: str) -> torch.Tensor:
+        text = caption_prompt(instruction, caption, format_metas(None, None, None, seconds))
+        return torch.from_numpy(self.pipe.tokenizer.encode_caption(text).ids)[None]
+
+    def _caption_length(self, instruction: str, p: TaskParams, seconds: float) -> int:
+        return self._caption_ids(instruction, p, seconds, p.caption).shape[1]
+
     @torch.inference_mode()
-    def _encode(self, instruction: str, p: TaskParams, seconds: float, refer: torch.Tensor, caption: str):
-        metas = format_metas(None, None, None, seconds)
-        text = caption_prompt(instruction, caption, metas)
-        lyr = lyric_prompt(p.language, p.lyrics)
-        tok = self.pipe.tokenizer
-        cap_ids = torch.from_numpy(tok.encode_caption(text).ids)[None]
-        lyr_ids = torch.from_numpy(tok.encode_lyrics(lyr).ids)[None]
-        ones = lambda ids: torch.ones(ids.shape, dtype=torch.bool)  # noqa: E731
-        states, _ = self.model.encoder(self.pipe.text_encoder(cap_ids), ones(cap_ids),
-                                       self.pipe.text_encoder.embed(lyr_ids), ones(lyr_ids), refer)
+    def _encode(self, instruction: str, p: TaskParams, seconds: float, refer: torch.Tensor, caption: str,
+                pad_to: int | None = None):
+        """Condition states; `pad_to` pads (pad id, mask 0) or truncates the caption ids to that length,
+        as conditioning_text.py does to the non-cover caption with `_pad_sequences`."""
+        cap_ids = self._caption_ids(instruction, p, seconds, caption)
+        cap_mask = torch.ones(cap_ids.shape, dtype=torch.bool)
+        if pad_to is not None:
+            # F.pad with a negative amount truncates, as the official _pad_sequences does.
+            extra = pad_to - cap_ids.shape[1]
+            cap_ids = torch.nn.functional.pad(cap_ids, (0, extra), value=self.pipe.tokenizer.pad_id)
+            cap_mask = torch.nn.functional.pad(cap_mask, (0, extra), value=False)
+        lyr_ids = torch.from_numpy(self.pipe.tokenizer.encode_lyrics(lyric_prompt(p.language, p.lyrics)).ids)[None]
+        # The text encoder runs on the padded ids without a mask (infer_text_embeddings); the pads'
+        # states follow the valid text in the packed sequence, and the DiT attends to them.
+        states, _ = self.model.encoder(self.pipe.text_encoder(cap_ids), cap_mask,
+                                       self.pipe.text_encoder.embed(lyr_ids),
+                                       torch.ones(lyr_ids.shape, dtype=torch.bool), refer)
         return states
 
-    def _branch(self, instruction, p, seconds, refer):
-        cond = self._encode(instruction, p, seconds, refer, p.caption)
+    def _branch(self, instruction, p, seconds, refer, pad_to: int | None = None):
+        cond = self._encode(instruction, p, seconds, refer, p.caption, pad_to)
         null = (self._encode(instruction, p, seconds, refer, p.negative) if p.negative is not None
                 else self.model.null_condition(cond))
         return cond, null
@@ -125,12 +141,15 @@ class TaskReference:
         silence = self.pipe.silence
         # Source: outpainting zero pads, encode, then silence frames up to at least 128.
         window = None
+        # generate_music defaults repainting_start=0.0, repainting_end=None: repaint and lego always
+        # have a range, the whole source when none is given.
+        span = p.window if p.window is not None or p.task not in ("repaint", "lego") else (0.0, None)
         if p.source is not None:
             audio = p.source
             seconds = audio.shape[-1] / SAMPLE_RATE
-            if p.window is not None:
-                start = 0.0 if p.window[0] is None else p.window[0]
-                end = seconds if p.window[1] is None or p.window[1] < 0 else p.window[1]
+            if span is not None:
+                start = 0.0 if span[0] is None else span[0]
+                end = seconds if span[1] is None or span[1] < 0 else span[1]
                 left, right = max(0.0, -start), max(0.0, end - seconds)
                 audio = np.concatenate([np.zeros((2, int(left * SAMPLE_RATE)), np.float32), audio,
                                         np.zeros((2, int(right * SAMPLE_RATE)), np.float32)], axis=-1)
@@ -138,7 +157,8 @@ class TaskReference:
             raw = self._posterior(audio, source_noise, p)
             frames = max(MIN_FRAMES, raw.shape[1])
             sil = _tile_frames(silence, frames)
-            raw = torch.cat([raw, sil[:, raw.shape[1]:]], dim=1)
+            # conditioning_target.py pads with the silence latent's FIRST frames, not the aligned ones.
+            raw = torch.cat([raw, _tile_frames(silence, frames - raw.shape[1])], dim=1)
             out_samples = audio.shape[-1]
         else:
             seconds = p.duration
@@ -162,15 +182,18 @@ class TaskReference:
             e = max(s + 1, min(int(window[1] * SAMPLE_RATE // HOP), frames))
             repaint = torch.zeros(frames, dtype=torch.bool)
             repaint[s:e] = True
-            mask = repaint[None].float()
+            # chunk_mask_mode "auto" (the default) writes 2.0 into a bool mask: True, i.e. 1.0 on
+            # every frame; the window's 0/1 mask is the non-default "explicit" mode.
             if p.task != "lego":
                 src[:, s:e] = sil[:, s:e]
         branches = [(cond, null, src)]
         t = schedule(p.steps, p.shift)
         x = torch.from_numpy(noise).float()
         eps = x.clone()
-        if p.strength is not None and p.task == "cover":
-            # generate_audio's cover_noise_strength = 1 - strength: nearest schedule point to `strength`.
+        if p.strength is not None and (p.task in ("cover", "extract", "complete")
+                                       or (p.task == "lego" and p.window is None)):
+            # generate_audio's cover_noise_strength = 1 - strength (any task, from its src_latents):
+            # the nearest schedule point to `strength`.
             values = t[:-1].tolist()
             k0 = min(range(len(values)), key=lambda i: abs(values[i] - p.strength))
             x = t[k0] * eps + (1 - t[k0]) * raw
@@ -179,10 +202,12 @@ class TaskReference:
         switch = None
         if p.cover_scale is not None and p.cover_scale < 1.0:
             switch = int(steps * p.cover_scale)
-            c2, n2 = self._branch(task_instruction("text2music"), p, seconds, refer)
+            c2, n2 = self._branch(task_instruction("text2music"), p, seconds, refer,
+                                  pad_to=self._caption_length(instruction, p, seconds))
             branches.append((c2, n2, sil.clone()))
         if repaint is not None:
-            mode, st = p.repaint_mode, 0.5 if p.strength is None else p.strength
+            st = 0.5 if p.strength is None or (p.task == "lego" and p.window is None) else p.strength
+            mode = p.repaint_mode
             ratio = {"aggressive": 0.0, "conservative": 1.0}.get(mode, 1.0 - st)
             cf = int(round(25 * ratio))
             wav_cf = 0.05 * ratio
@@ -193,6 +218,9 @@ class TaskReference:
             x = w * x + (1 - w) * raw
         check_latents(x)
         wav = self.pipe.decode(x)
+        peak = float(np.abs(wav).max())
+        if peak > 1.0:  # generate_music_decode: divide by the peak BEFORE the splice
+            wav = wav / peak
         if repaint is not None and mode != "aggressive":
             n = min(wav.shape[-1], audio.shape[-1])
             a, b = max(0, min(int(window[0] * SAMPLE_RATE), n)), None

@@ -17,7 +17,7 @@ from .bundle import Bundle
 from .edits import Cover, Repaint, SourceEdit
 from .prompts import PromptTokenizer, caption_prompt, format_metas, lyric_prompt, task_instruction
 from .request import Request
-from .vocab import CAPTION_MAX_TOKENS, LYRIC_MAX_TOKENS, MAX_SECONDS, TIMBRE_FRAMES
+from .vocab import CAPTION_MAX_TOKENS, LYRIC_MAX_TOKENS, MAX_SECONDS, TIMBRE_FRAMES, WINDOW_TASKS
 from .wire import RequestError
 
 
@@ -67,8 +67,12 @@ class Conditioner:
         self.hop = int(bundle.audio["hop_length"])
 
     # -- prompts ------------------------------------------------------------------------------
-    def _encode_prompt(self, caption: str, lyrics: str, warnings: list[str] | None):
+    def _encode_prompt(self, caption: str, lyrics: str, warnings: list[str] | None, pad_to: int | None = None):
         caption_ids, cut_caption = self.tokenizer.encode_caption(caption)
+        if pad_to is not None:
+            # conditioning_text.py `_pad_sequences`: pad with the pad id, or cut (a negative pad).
+            caption_ids = np.pad(caption_ids[:pad_to], (0, max(0, pad_to - caption_ids.size)),
+                                 constant_values=self.tokenizer.pad_id)
         lyric_ids, cut_lyrics = self.tokenizer.encode_lyrics(lyrics)
         if warnings is not None and cut_caption:
             warnings.append(f"positivePrompt: the caption prompt exceeds {CAPTION_MAX_TOKENS} tokens and was "
@@ -79,9 +83,10 @@ class Conditioner:
             "caption_ids": caption_ids[None], "lyric_ids": lyric_ids[None]})
         return text_states, lyric_embeds, caption_ids, lyric_ids
 
-    def _condition_states(self, caption: str, lyrics: str, refer: np.ndarray, timings: dict, warnings=None):
+    def _condition_states(self, caption: str, lyrics: str, refer: np.ndarray, timings: dict, warnings=None,
+                          pad_to: int | None = None):
         start = time.perf_counter()
-        text_states, lyric_embeds, cap, lyr = self._encode_prompt(caption, lyrics, warnings)
+        text_states, lyric_embeds, cap, lyr = self._encode_prompt(caption, lyrics, warnings, pad_to)
         mid = time.perf_counter()
         (states,) = self.bundle.run("condition_encoder", {
             "text_states": text_states, "lyric_embeds": lyric_embeds, "refer_latents": refer})
@@ -98,12 +103,14 @@ class Conditioner:
         return self._condition_states(negative, lyrics, refer, timings)[0]
 
     def _text2music_branch(self, request: Request, metas: str, lyrics: str, refer, silence_t,
-                           timings) -> tuple[Branch, str]:
-        """Cover's second condition and its caption: text2music instruction, silence source
-        (generate_audio's non-cover condition)."""
+                           timings, caption_tokens: int) -> tuple[Branch, str]:
+        """The switch condition and its caption: text2music instruction, silence source
+        (generate_audio's non-cover condition). Its caption ids are padded or cut to the task
+        caption's `caption_tokens`, as conditioning_text.py does; the DiT has no encoder mask, so
+        the pad positions are attended to, as in the official model."""
         instruction = task_instruction("text2music")
         caption = caption_prompt(instruction, request.positive_prompt, metas)
-        states = self._condition_states(caption, lyrics, refer, timings)[0]
+        states = self._condition_states(caption, lyrics, refer, timings, pad_to=caption_tokens)[0]
         null = self._null_states(states, request, instruction, metas, lyrics, refer, timings)
         return Branch(states, null, silence_t[None].astype(np.float32)), caption
 
@@ -179,11 +186,14 @@ class Conditioner:
 
         start = time.perf_counter()
         source = window = None
-        if task != "text2music":
+        if request.input_audio is not None:  # complete may go without (a silent target)
             self.need_graph("vae_encoder", "inputs.audio", request)
             source = source_audio.load(request.input_audio, "inputs.audio", request.task_uuid)
         seconds = request.duration if source is None else source.shape[-1] / self.sample_rate
-        if source is not None and (settings.repainting_start is not None or settings.repainting_end is not None):
+        # generate_music defaults repainting_start=0.0, repainting_end=None: repaint and lego always
+        # carry a range, the whole source when the request gives none.
+        if source is not None and (settings.repainting_start is not None or settings.repainting_end is not None
+                                   or task in WINDOW_TASKS):
             window = self._window(request, seconds)
             sr = self.sample_rate
             source = np.pad(source, ((0, 0), (tasks.pad_samples(window.left_pad, sr),
@@ -237,17 +247,24 @@ class Conditioner:
             context = self.cover_hints(raw, silence_t)
         span = None if window is None else tasks.window_frames(window, frames, self.sample_rate, self.hop)
         src, chunk, repaint = tasks.task_context(task, context, silence_t, span, mask_value)
+        switch = None
+        if tasks.switch_step(request.steps, settings.cover_conditioning_scale) is not None:
+            switch, prompts["switch_caption"] = self._text2music_branch(
+                request, metas, lyrics, refer, silence_t, timings, prompts["caption_tokens"])
+            prompts["switch_caption_tokens"] = prompts["caption_tokens"]
+        # `strength` starts from the noised source (generate_audio's cover_noise_strength, any task)
+        # except where it is the repaint strength: repaint, and lego with a window of its own.
+        own_window = settings.repainting_start is not None or settings.repainting_end is not None
+        repaint_strength = task == "repaint" or (task == "lego" and own_window)
+        start = None if repaint_strength else request.strength
+        common = dict(strength=start, switch_scale=settings.cover_conditioning_scale, switch=switch)
         if task == "cover":
-            switch = None
-            if tasks.switch_step(request.steps, settings.cover_conditioning_scale) is not None:
-                switch, prompts["switch_caption"] = self._text2music_branch(
-                    request, metas, lyrics, refer, silence_t, timings)
-            edit = Cover(raw, source, window, strength=request.strength,
-                         switch_scale=settings.cover_conditioning_scale, switch=switch)
+            edit = Cover(raw, source, window, **common)
         elif repaint is not None:
-            ratio, cf, wav_cf = tasks.repaint_config(settings.repaint_mode, request.strength)
+            ratio, cf, wav_cf = tasks.repaint_config(settings.repaint_mode,
+                                                     request.strength if repaint_strength else None)
             edit = Repaint(raw, source, window, repaint=repaint, injection_ratio=ratio, crossfade_frames=cf,
-                           wav_crossfade=wav_cf, splice_waveform=settings.repaint_mode != "aggressive")
+                           wav_crossfade=wav_cf, splice_waveform=settings.repaint_mode != "aggressive", **common)
         else:
-            edit = SourceEdit(raw, source, window)
+            edit = SourceEdit(raw, source, window, **common)
         return src, chunk, edit

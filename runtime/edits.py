@@ -1,8 +1,8 @@
 """A task's edit as one frozen object whose hooks the render calls: start, injection, crossfade, splice.
 
 `Edit` itself is text2music (no source: every hook leaves the render alone); `SourceEdit` keeps the
-source (extract, complete, lego and cover without a window); `Cover` may start from the noised
-source and switch to the text2music condition; `Repaint` (repaint and lego windows) injects the
+source (extract, complete, cover) and may start from the noised source and switch to the
+text2music condition; `Repaint` (repaint and lego, which always have a range) also injects the
 source outside the window, crossfades the latents and splices the waveform. The math lives in
 `tasks.py`; these classes only say when each piece applies.
 """
@@ -49,18 +49,13 @@ class Edit:
 
 @dataclass(frozen=True, eq=False)
 class SourceEdit(Edit):
-    """A source task: its clean latents and waveform travel with the render (extract, complete, lego)."""
+    """A source task: its clean latents and waveform travel with the render. As the official
+    generate_audio does for every task, it may start from the noised source (`strength`) and switch
+    to the text2music condition after `switch_scale` of the steps (`switch`)."""
 
     source_latents: np.ndarray  # [1, T, 64] clean (raw) source latents, silence-padded to T
     source_audio: np.ndarray  # [2, n] source waveform (padded when a window outpaints)
     window: tasks.Window | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Cover(SourceEdit):
-    """Cover (official generate_audio): optional start from the noised source, optional switch to the
-    text2music condition after `switch_scale` of the steps."""
-
     strength: float | None = None  # start from the source noised to this level
     switch_scale: float | None = None  # coverConditioningScale
     switch: "Branch | None" = None
@@ -74,6 +69,11 @@ class Cover(SourceEdit):
 
     def switch_at(self, steps):
         return tasks.switch_step(steps, self.switch_scale) if self.switch is not None else None
+
+
+@dataclass(frozen=True, eq=False)
+class Cover(SourceEdit):
+    """Cover: FSQ hints as the context (built by the conditioner); the hooks are SourceEdit's."""
 
 
 @dataclass(frozen=True, eq=False)

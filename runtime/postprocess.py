@@ -56,6 +56,13 @@ def tiled_decode(decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
+def anticlip(audio: np.ndarray) -> np.ndarray:
+    """Divide by the peak when it exceeds 1 (official generate_music_decode, right after the decode,
+    before any waveform splice: the kept source is never scaled by the generated part's peak)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return (audio / np.float32(peak)).astype(np.float32) if peak > 1.0 else audio
+
+
 def finish_audio(audio: np.ndarray, samples: int, normalize: bool = True) -> np.ndarray:
     """Trim or zero-pad to exactly `samples`, then anti-clip and (optionally) peak-normalise to −1 dBFS.
 

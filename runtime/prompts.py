@@ -14,7 +14,6 @@ from .vocab import CAPTION_MAX_TOKENS, LYRIC_MAX_TOKENS, TIME_SIGNATURES, TRACK_
 from .vocab import TASKS as _REQUEST_TASKS
 
 END_OF_TEXT = "<|endoftext|>"
-INSTRUMENTAL = "[Instrumental]"
 
 # Official constants.TASK_INSTRUCTIONS; the *_default entries are used when no track is given.
 TASK_INSTRUCTIONS = {
@@ -119,20 +118,19 @@ def caption_prompt(instruction: str, caption: str, metas: str) -> str:
 
 
 def lyric_prompt(language: str | None, lyrics: str | None) -> str:
-    """LYRIC_GEN_PROMPT: '# Languages\\n{language}\\n\\n# Lyric\\n{lyrics}<|endoftext|>'.
+    """LYRIC_GEN_PROMPT: '# Languages\n{language}\n\n# Lyric\n{lyrics}<|endoftext|>'.
 
-    No lyrics (None, empty or blank) becomes '[Instrumental]', the tag the model documents for
-    songs without vocals; the official handler would also accept an empty string, but we keep one
-    spelling so instrumental requests are conditioned the same way every time.
+    Lyrics go in as given and None is an empty lyric, as on the official default path
+    (acestep/inference.py generate_music passes `params.lyrics` to the DiT unchanged; only the
+    Gradio "instrumental" box, the CLI flag and the LM write '[Instrumental]'). Send
+    '[Instrumental]' yourself to get that tag.
     """
     if lyrics is not None and not isinstance(lyrics, str):
         raise ValueError(f"lyrics must be a string, got {type(lyrics).__name__}")
     if language is not None and not isinstance(language, str):
         raise ValueError(f"language must be a string, got {type(language).__name__}")
     language = language.strip() if language and language.strip() else "unknown"
-    if lyrics is None or not lyrics.strip():
-        lyrics = INSTRUMENTAL
-    return f"# Languages\n{language}\n\n# Lyric\n{lyrics}{END_OF_TEXT}"
+    return f"# Languages\n{language}\n\n# Lyric\n{lyrics or ''}{END_OF_TEXT}"
 
 
 class TokenIds(NamedTuple):
@@ -185,6 +183,14 @@ class PromptTokenizer:
         encoding = tokenizer.encode(text, add_special_tokens=True)
         ids = np.asarray(encoding.ids, dtype=np.int64)
         return TokenIds(ids, bool(encoding.overflowing))
+
+    @property
+    def pad_id(self) -> int:
+        """The pad token: Qwen3's tokenizer pads with '<|endoftext|>'."""
+        token = self._caption.token_to_id(END_OF_TEXT)
+        if token is None:
+            raise ValueError(f"the tokenizer has no {END_OF_TEXT!r} token to pad with")
+        return int(token)
 
     def encode_caption(self, text: str) -> TokenIds:
         """Token ids of a full caption prompt, cut at 256 tokens."""

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import noise
+from .adapters import parse_lora
 from .audio_io import FORMATS, LOSSY_FORMATS, LOSSY_SAMPLE_RATES, bitrate_limits
 from .fields import boolean, choice, choice_int, field_error, is_integral, is_number, number, section, string
-from .vocab import (GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES, REPAINT_MODES,
-                    SAMPLE_RATE, SOURCE_TASKS, STRENGTH_TASKS, TASK_TYPE, TASKS, TIME_SIGNATURES, TRACK_NAMES,
-                    TRACK_TASKS, VALID_LANGUAGES, WINDOW_TASKS, latent_frames_for)
+from .vocab import (COVER_SCALE_TASKS, GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES,
+                    REPAINT_MODES, SAMPLE_RATE, SOURCE_OPTIONAL_TASKS, SOURCE_TASKS, STRENGTH_TASKS, TASK_TYPE,
+                    TASKS, TIME_SIGNATURES, TRACK_NAMES, TRACK_TASKS, VALID_LANGUAGES, WINDOW_TASKS,
+                    latent_frames_for)
 from .wire import RequestError, check_unique, parse_body, refuse_remote, show
 
 __all__ = ["AudioSettings", "Request", "RequestError", "Settings", "TASK_TYPE", "latent_frames_for",
@@ -43,7 +45,7 @@ _SETTINGS_KEYS = (
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
     "steps", "CFGScale", "numberResults", "outputType", "outputFormat", "audioSettings",
-    "inputs", "strength", "settings",
+    "inputs", "strength", "settings", "lora",
 )
 
 
@@ -102,6 +104,7 @@ class Request:
     strength: float | None
     settings: Settings
     warnings: tuple[str, ...] = ()
+    lora: tuple = ()  # runtime/adapters.py LoraRef entries, in request order
 
     @property
     def latent_frames(self) -> int:
@@ -204,19 +207,17 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         name = "repaintingStart" if rs is not None else "repaintingEnd"
         raise field_error(p + name, f"applies to tasks {' and '.join(WINDOW_TASKS)} only (task is {task}); "
               "remove it or set settings.task to repaint", "conflictingParameters")
-    if cover is not None and task != "cover":
-        raise field_error(p + "coverConditioningScale", f"applies to task cover only (task is {task})",
-              "conflictingParameters")
-    if task == "repaint" and rs is None and re_ is None:
-        raise field_error(p + "repaintingStart", "task repaint needs a window: send settings.repaintingStart "
-              "and/or settings.repaintingEnd in seconds (-1 = end of the source)", "missingParameter")
+    if cover is not None and task not in COVER_SCALE_TASKS:
+        raise field_error(p + "coverConditioningScale", f"applies to tasks {' and '.join(COVER_SCALE_TASKS)} only "
+              f"(task is {task})", "conflictingParameters")
+    # repaint and lego without a window repaint the whole source (official defaults start 0, end None).
     mode = choice(s, "repaintMode", p + "repaintMode", REPAINT_MODES, None)
-    if mode is not None and (task not in WINDOW_TASKS or (rs is None and re_ is None)):
-        raise field_error(p + "repaintMode", f"applies to a repaint window only (tasks {' and '.join(WINDOW_TASKS)} with "
-              f"settings.repaintingStart/repaintingEnd; task is {task})", "conflictingParameters")
+    if mode is not None and task not in WINDOW_TASKS:
+        raise field_error(p + "repaintMode", f"applies to tasks {' and '.join(WINDOW_TASKS)} only (task is {task})",
+              "conflictingParameters")
     use_neg = boolean(s, "useNegativePrompt", p + "useNegativePrompt")
     lang = choice(s, "vocalLanguage", p + "vocalLanguage", VALID_LANGUAGES, "en")
-    noise_source, noise_gpu = _noise(s)
+    noise_source, noise_gpu = noise.read_settings(s)
     return Settings(
         lyrics=string(s, "lyrics", p + "lyrics", max_chars=MAX_LYRICS_CHARS) or "",
         bpm=number(s, "bpm", p + "bpm", *BPM_RANGE, integer=True),
@@ -241,34 +242,20 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
     )
 
 
-def _noise(s: Mapping) -> tuple[str | None, str | None]:
-    p = "settings."
-    source = choice(s, "noise", p + "noise", noise.SOURCES)
-    raw = s.get("noiseGpu")
-    if raw is None:
-        return source, None
-    if source not in (None, "torch-cuda"):
-        raise field_error(p + "noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source}); remove it",
-              "conflictingParameters")
-    try:
-        return source, noise.gpu(raw).name
-    except ValueError as exc:
-        raise field_error(p + "noiseGpu", str(exc), "invalidParameter") from exc
-
-
 def _check_strength(settings: Settings) -> None:
-    # strength = how much the result may depart from the source: cover starts from the source
-    # noised to that level, repaint/lego windows use it as the balanced-mode repaint strength.
+    # strength = how much the result may depart from the source: repaint and a windowed lego use it
+    # as the balanced-mode repaint strength; every other source task starts from the source noised
+    # to that level (the official cover_noise_strength acts on any task).
     task = settings.task
     if task not in STRENGTH_TASKS:
-        raise field_error("strength", f"applies to tasks cover, repaint and lego only (task is {task}); "
+        raise field_error("strength", f"applies to tasks {', '.join(STRENGTH_TASKS)} only (task is {task}); "
               "remove it", "conflictingParameters")
-    if task == "lego" and settings.repainting_start is None and settings.repainting_end is None:
-        raise field_error("strength", "applies to lego only with a repaint window (settings.repaintingStart/"
-              "repaintingEnd); remove it", "conflictingParameters")
-    if task in WINDOW_TASKS and settings.repaint_mode != "balanced":
+    windowed = settings.repainting_start is not None or settings.repainting_end is not None
+    if (task == "repaint" or (task == "lego" and windowed)) and settings.repaint_mode != "balanced":
         raise field_error("strength", f"acts in settings.repaintMode 'balanced' only (mode is "
-              f"{settings.repaint_mode!r}); remove strength or the mode", "conflictingParameters")
+              f"{settings.repaint_mode!r}): the official handler ignores the repaint strength in the "
+              "conservative and aggressive modes, so it would change nothing; remove strength or the mode",
+              "conflictingParameters")
 
 
 def _task(s: Mapping, has_source: bool, has_repaint: bool) -> str:
@@ -276,7 +263,7 @@ def _task(s: Mapping, has_source: bool, has_repaint: bool) -> str:
     # alone means cover. `settings.task` (local) overrides.
     inferred = "text2music" if not has_source else ("repaint" if has_repaint else "cover")
     task = choice(s, "task", "settings.task", TASKS, inferred)
-    if task in SOURCE_TASKS and not has_source:
+    if task in SOURCE_TASKS and task not in SOURCE_OPTIONAL_TASKS and not has_source:
         raise field_error("settings.task", f"{task} needs source audio; send inputs.audio "
               "(a path, file:// URI or data URI) or use task text2music", "missingParameter")
     if task == "text2music" and has_source:
@@ -396,7 +383,9 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         strength=strength,
         settings=settings,
         warnings=tuple(warnings),
+        lora=parse_lora(obj.get("lora")),
     )
+
 
 
 def parse_requests(obj: Any) -> list[Request]:

@@ -68,23 +68,26 @@ def tiled_encode(run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], aud
                  sr: int = MODEL_SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     """Posterior (mean, scale) [1, T, 64] of [2, n] audio, T = n // hop, windowed with overlap-discard.
 
-    The audio is cut to a whole number of hops first (the encoder graph takes N = T·hop).
-    Window and overlap must be whole hops (any whole number of seconds is at 48 kHz / 1920).
+    The whole waveform is encoded, a partial last hop included (the official vae_encode does not
+    cut it; those samples still reach the last frames through the encoder's convolutions). Windows
+    are laid out in samples with hop-aligned cores; window and overlap must be whole hops.
     """
     chunk, overlap = int(round(chunk_seconds * sr)), int(round(overlap_seconds * sr))
     if chunk % hop or overlap % hop or chunk <= 2 * overlap:
         raise ValueError(f"encode window {chunk_seconds} s / overlap {overlap_seconds} s must be whole "
                          f"{hop}-sample hops with window > 2·overlap")
-    frames = audio.shape[-1] // hop
-    x = np.ascontiguousarray(audio[None, :, :frames * hop], dtype=np.float32)
-    if frames * hop <= chunk:
+    n = audio.shape[-1]
+    x = np.ascontiguousarray(audio[None], dtype=np.float32)
+    if n <= chunk:
         mean, scale = run(x)
         return mean.transpose(0, 2, 1), scale.transpose(0, 2, 1)
     means, scales = [], []
-    # The decoder's overlap-discard tiling, in latent frames (window and overlap are whole hops).
-    for ws, we, cs, ce in tile_windows(frames, chunk // hop, overlap // hop):
-        mean, scale = run(np.ascontiguousarray(x[:, :, ws * hop:we * hop]))
-        lo, hi = cs - ws, ce - ws
+    # The decoder's overlap-discard tiling, in samples (window and overlap are whole hops).
+    for ws, we, cs, ce in tile_windows(n, chunk, overlap):
+        if ce // hop == cs // hop:
+            continue  # a tail shorter than one hop adds no latent frame (nor would one whole encode)
+        mean, scale = run(np.ascontiguousarray(x[:, :, ws:we]))
+        lo, hi = (cs - ws) // hop, mean.shape[-1] - (we - ce) // hop
         means.append(mean[:, :, lo:hi])
         scales.append(scale[:, :, lo:hi])
     return np.concatenate(means, -1).transpose(0, 2, 1), np.concatenate(scales, -1).transpose(0, 2, 1)

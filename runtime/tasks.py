@@ -55,11 +55,12 @@ def window_frames(window: Window, frames: int, sr: int, hop: int) -> tuple[int, 
 
 
 def pad_latents(latents: np.ndarray, silence: np.ndarray, frames: int) -> np.ndarray:
-    """[1, T, 64] source latents padded at the end with silence-latent frames up to `frames`."""
+    """[1, T, 64] source latents padded at the end up to `frames` with the silence latent's FIRST
+    frames (conditioning_target.py `_get_silence_latent_slice(pad_length)`), not the aligned ones."""
     t = latents.shape[1]
     if t >= frames:
         return latents[:, :frames]
-    return np.concatenate([latents, silence[None, t:frames]], axis=1)
+    return np.concatenate([latents, silence[None, :frames - t]], axis=1)
 
 
 def latent_length(source_frames: int) -> int:
@@ -87,20 +88,23 @@ def task_context(task: str, source: np.ndarray, silence: np.ndarray, frames: tup
                  mask_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(src_latents [1,T,64], chunk_mask [1,T], repaint_mask [T] bool or None) for a source task.
 
-    A window gives mask 1 inside / 0 outside and a repaint mask; repaint replaces the window's
-    source frames with silence, lego keeps them. Without a window the mask is `mask_value` everywhere.
-    `source` is the padded raw source (cover replaces it with the FSQ hints before this call).
+    A window gives a repaint mask; repaint replaces the window's source frames with silence, lego
+    keeps them. The chunk mask is `mask_value` on every frame, window or not: the official default
+    chunk_mask_mode "auto" writes its 2.0 into a *bool* mask (conditioning_masks.py), which makes
+    every frame True, i.e. 1.0; the window's 1-inside/0-outside mask is the non-default "explicit"
+    mode. `source` is the padded raw source (cover replaces it with the FSQ hints before this call).
     """
     t = source.shape[1]
     src = source.copy()
+    chunk = np.full((1, t), mask_value, np.float32)
     if frames is None:
-        return src, np.full((1, t), mask_value, np.float32), None
+        return src, chunk, None
     s, e = frames
     repaint = np.zeros(t, dtype=bool)
     repaint[s:e] = True
     if task != "lego":
         src[:, s:e] = silence[s:e]
-    return src, repaint[None].astype(np.float32), repaint
+    return src, chunk, repaint
 
 
 def cover_start(schedule: np.ndarray, strength: float) -> int:

@@ -10,8 +10,14 @@ GUIDANCE_TYPES = ("apg", "cfg", "adg")
 # Editing tasks of the official generate_music handler; every one but text2music takes source audio.
 TASKS = ("text2music", "cover", "repaint", "extract", "lego", "complete")
 SOURCE_TASKS = ("cover", "repaint", "extract", "lego", "complete")
-WINDOW_TASKS = ("repaint", "lego")  # tasks that take a repaint window
-STRENGTH_TASKS = ("cover",) + WINDOW_TASKS  # tasks where `strength` acts
+# complete renders without one too (a silent target): the official generate_music_request.py does
+# not list it among the tasks that require src_audio.
+SOURCE_OPTIONAL_TASKS = ("complete",)
+WINDOW_TASKS = ("repaint", "lego")  # tasks that take a repaint window (default: the whole source)
+# `strength` acts on every source task: the repaint strength for repaint and a windowed lego, else
+# the start from the noised source (the official cover_noise_strength, any task).
+STRENGTH_TASKS = SOURCE_TASKS
+COVER_SCALE_TASKS = ("cover", "repaint")  # tasks that take settings.coverConditioningScale
 TRACK_TASKS = ("extract", "lego")  # tasks that take settings.trackName
 # Repaint preservation modes (official generate_music._resolve_repaint_config); strength acts in
 # balanced mode only.

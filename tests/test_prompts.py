@@ -88,9 +88,10 @@ def test_plain_caption_is_untouched():
 def test_lyric_prompt_exact_strings():
     lyrics = "[Verse]\nhello world\n[Chorus]\nla la"
     assert lyric_prompt("en", lyrics) == "# Languages\nen\n\n# Lyric\n[Verse]\nhello world\n[Chorus]\nla la<|endoftext|>"
-    assert lyric_prompt("ja", "") == "# Languages\nja\n\n# Lyric\n[Instrumental]<|endoftext|>"
-    assert lyric_prompt("en", None) == "# Languages\nen\n\n# Lyric\n[Instrumental]<|endoftext|>"
-    assert lyric_prompt(None, "  \n") == "# Languages\nunknown\n\n# Lyric\n[Instrumental]<|endoftext|>"
+    assert lyric_prompt("ja", "") == "# Languages\nja\n\n# Lyric\n<|endoftext|>"
+    assert lyric_prompt("en", None) == "# Languages\nen\n\n# Lyric\n<|endoftext|>"
+    # as the official LYRIC_GEN_PROMPT.format: no "[Instrumental]" is substituted, blanks stay
+    assert lyric_prompt(None, "  \n") == "# Languages\nunknown\n\n# Lyric\n  \n<|endoftext|>"
 
 
 # ----------------------------------------------------------------------------- task instructions

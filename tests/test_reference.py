@@ -97,7 +97,7 @@ def test_prompts_follow_the_templates(pipe):
     _, info = pipe.encode_prompts(_params(lyrics="", duration=12.34))
     assert info.caption_prompt.startswith("# Instruction\nFill the audio semantic mask based on the given conditions:\n")
     assert "- bpm: 120\n- timesignature: 4\n- keyscale: C major\n- duration: 12 seconds\n" in info.caption_prompt
-    assert info.lyric_prompt == "# Languages\nen\n\n# Lyric\n[Instrumental]<|endoftext|>"
+    assert info.lyric_prompt == "# Languages\nen\n\n# Lyric\n<|endoftext|>"
     np.testing.assert_array_equal(info.caption_ids, pipe.tokenizer.encode_caption(info.caption_prompt).ids)
     assert not info.caption_truncated and not info.lyric_truncated
 

@@ -254,3 +254,21 @@ def test_build_response(tmp_path):
     assert uuid.UUID(b64["audioUUID"]).version == 4
     with pytest.raises(ValueError):
         build_response(req, seed=1)
+
+
+@pytest.mark.parametrize("settings,top", [
+    ({"task": "complete", "trackClasses": ["bass"]}, {}),  # no inputs.audio: a silent target
+    ({"task": "repaint"}, {"inputs": {"audio": "/tmp/a.wav"}}),  # the whole source
+    ({"repaintingStart": 1, "coverConditioningScale": 0.5}, {"inputs": {"audio": "/tmp/a.wav"}}),
+    ({"task": "extract"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+    ({"task": "complete"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+    ({"task": "lego", "repaintMode": "conservative"}, {"inputs": {"audio": "/tmp/a.wav"}, "strength": 0.4}),
+])
+def test_combinations_the_official_handler_accepts(settings, top):
+    req = _base(settings=settings, **top)
+    if "inputs" in top:
+        req.pop("duration")
+    parsed = parse_request(req)
+    assert parsed.settings.task == settings.get("task", "repaint")
+    if "inputs" not in top:
+        assert parsed.duration == 30 and parsed.input_audio is None

@@ -17,10 +17,11 @@ STUB = "data:audio/wav;base64,UklGRg=="
 BAD = [
     {"steps": "abc"},
     {"duration": 5},
-    {"inputs": {"audio": STUB}, "settings": {"task": "repaint"}},
+    {"inputs": {"audio": STUB}, "duration": None, "settings": {"task": "extract", "coverConditioningScale": 0.5}},
     {"inputs": {"audio": STUB}, "duration": None, "settings": {"task": "repaint", "repaintingStart": 5, "repaintingEnd": 4}},
     {"settings": {"trackName": "drums"}},
-    {"inputs": {"audio": STUB}, "duration": None, "strength": 0.5, "settings": {"task": "extract"}},
+    {"inputs": {"audio": STUB}, "duration": None, "strength": 0.5,
+     "settings": {"task": "repaint", "repaintingStart": 1, "repaintMode": "conservative"}},
     {"settings": {"bpm": 10}},
     {"positivePrompt": ""},
 ]

@@ -78,6 +78,18 @@ CASES = [
      {"task": "complete", "track_classes": ("drums", "bass")}, 0.0),
     ("negative", {"negativePrompt": "harsh noise, distorted", "settings": {"useNegativePrompt": True}},
      {"task": "cover", "negative": "harsh noise, distorted"}, 0.0),
+    # Combinations the official handler accepts (generate_music defaults, generate_audio for any task).
+    ("repaint_cover_switch", {"settings": {"repaintingStart": 1.0, "repaintingEnd": 3.5, "coverConditioningScale": 0.5}},
+     {"task": "repaint", "window": (1.0, 3.5), "cover_scale": 0.5}, 0.0),
+    ("repaint_no_window", {"settings": {"task": "repaint"}}, {"task": "repaint"}, 0.0),
+    ("lego_no_window", {"settings": {"task": "lego", "trackName": "drums", "repaintMode": "conservative"}},
+     {"task": "lego", "track_name": "drums", "repaint_mode": "conservative"}, 0.0),
+    ("extract_strength", {"strength": 0.6, "settings": {"task": "extract", "trackName": "vocals"}},
+     {"task": "extract", "track_name": "vocals", "strength": 0.6}, 0.0),
+    ("complete_strength", {"strength": 0.4, "settings": {"task": "complete", "trackClasses": ["drums"]}},
+     {"task": "complete", "track_classes": ("drums",), "strength": 0.4}, 0.0),
+    ("lego_no_window_strength", {"strength": 0.5, "settings": {"task": "lego", "trackName": "bass"}},
+     {"task": "lego", "track_name": "bass", "strength": 0.5}, 0.0),
 ]
 
 
@@ -101,6 +113,7 @@ def _compare(pipe, ref, req, params, source, reference=None):
     assert got.latents.shape == want_lat.shape
     assert rel(got.latents, want_lat) < TOL
     assert got.audio.shape == want_audio.shape
+    _compare.want_audio = want_audio  # the last reference audio, for tests that compare the audio too
     return got, audio
 
 
@@ -158,3 +171,88 @@ def test_tiled_source_encode_matches_reference(ref, clips):
     req = _request(clips["six"], 2, 9, {"settings": {"task": "extract"}})
     _compare(tiled, ref, req, dict(caption="calm piano", task="extract", encode_window=4.0, encode_overlap=1.0),
              clips["six"])
+
+
+# -- the official handler's preparation (issue 15, D1–D7) ------------------------------------------
+
+def test_chunk_mask_is_one_on_every_frame_with_a_window(pipe, clips):
+    # D1: chunk_mask_mode "auto" writes 2.0 into a bool mask, so every frame is 1.0 (not 1 in / 0 out).
+    for task, extra in (("repaint", {}), ("lego", {"trackName": "drums"})):
+        req = _request(clips["six"], 2, 5, {"settings": {"task": task, "repaintingStart": 1.0, "repaintingEnd": 3.0,
+                                                         **extra}})
+        cond = pipe.condition(parse_request(req), 5)
+        assert cond.chunk_mask.shape == (1, cond.frames) and (cond.chunk_mask == 1.0).all()
+        assert cond.edit.repaint.sum() == int(3.0 * SR // 1920) - int(1.0 * SR // 1920)
+
+
+def test_switch_caption_is_padded_to_the_cover_caption(pipe, clips):
+    # D2: the text2music caption's ids are padded (pad id) or cut to the cover caption's length.
+    req = _request(clips["six"], 2, 5, {"settings": {"coverConditioningScale": 0.5}})
+    cond = pipe.condition(parse_request(req), 5)
+    prompts = cond.prompts
+    assert prompts["switch_caption_tokens"] == prompts["caption_tokens"]
+    assert cond.edit.switch.encoder_states.shape == cond.encoder_states.shape
+    plain = pipe.tokenizer.encode_caption(prompts["switch_caption"]).ids.size
+    assert plain != prompts["caption_tokens"]  # the two instructions tokenise to different lengths here
+
+
+def test_short_source_with_a_partial_hop(pipe, ref, clips, tmp_path):
+    # D3: 3.013 s (a partial last hop) is encoded whole and padded with the silence latent's first
+    # frames; D5: lego without a window repaints [0, source end) with injection and blend; D4: the
+    # output keeps the source's length (a deliberate difference: the official returns 5.12 s).
+    path = _clip(tmp_path / "short.wav", 3.013, SR, 4, 440.0)
+    req = _request(path, 3, 11, {"settings": {"task": "lego", "trackName": "guitar"}})
+    got, audio = _compare(pipe, ref, req, dict(caption="calm piano", task="lego", track_name="guitar"), path)
+    n = audio.shape[-1]
+    assert n % 1920 and got.audio.shape == (2, n)
+    cond = pipe.condition(parse_request(req), 11)
+    frames = n // 1920
+    silence = pipe.bundle.silence_latent
+    np.testing.assert_array_equal(cond.edit.source_latents[0, frames:], silence[:128 - frames])
+    assert cond.edit.repaint[:frames].all() and not cond.edit.repaint[frames:].any()
+
+
+def test_anticlip_comes_before_the_splice(pipe, ref, clips):
+    # D6: the decode is divided by its peak, then the source is spliced back, then normalised.
+    req = _request(clips["six"], 3, 5, {"settings": {"repaintingStart": 1.0, "repaintingEnd": 3.5}})
+    got, audio = _compare(pipe, ref, req, dict(caption="calm piano", task="repaint", window=(1.0, 3.5)), clips["six"])
+    from acestep_edge.runtime.postprocess import tiled_decode
+    decoded = tiled_decode(lambda z: pipe.bundle.run("vae_decoder", {"latents": z})[0], got.latents, 1920)
+    assert np.abs(decoded).max() > 1.0  # the demo decode clips, so the order matters here
+    # Same order in the reference; the two decoders differ by float noise amplified 16× by this random VAE.
+    assert rel(got.audio, _compare.want_audio) < 1e-2
+    # The kept source (before the window's crossfade) is the source times one gain g, the normalisation's ...
+    keep = int(1.0 * SR) - int(0.025 * SR) - 10
+    ratio = got.audio[:, :keep] / np.where(np.abs(audio[:, :keep]) > 1e-3, audio[:, :keep], np.nan)
+    g = float(np.nanmedian(ratio))
+    assert np.nanmax(np.abs(ratio - g)) < 1e-4 * abs(g)
+    # ... and inside the window the output is the decode divided by ITS peak, times the same g: the
+    # source was not scaled by the generated part's peak (splicing first would give decoded·g' with
+    # the kept source at g' = g / peak(decoded) instead).
+    a, b = int(1.0 * SR) + 10, int(3.5 * SR) - 10
+    np.testing.assert_allclose(got.audio[:, a:b], decoded[:, a:b] / np.abs(decoded).max() * g, rtol=0, atol=1e-5)
+
+
+def test_empty_lyrics_stay_empty(pipe, clips):
+    # D7: the official default path sends the empty lyric, not "[Instrumental]".
+    cond = pipe.condition(parse_request(_request(clips["six"], 2, 5, {})), 5)
+    assert cond.prompts["lyrics"] == "# Languages\nen\n\n# Lyric\n<|endoftext|>"
+
+
+def test_complete_without_source(pipe, ref):
+    # generate_music_request.py: complete is not among the tasks that require src_audio: a silent target.
+    req = {"taskType": "audioInference", "taskUUID": UUID, "positivePrompt": "calm piano", "steps": 3, "seed": 7,
+           "duration": 10, "settings": {"task": "complete", "trackClasses": ["bass"]}}
+    got, _ = _compare(pipe, ref, req, dict(caption="calm piano", task="complete", track_classes=("bass",),
+                                            duration=10.0), None)
+    assert got.audio.shape == (2, 10 * SR) and got.metadata["task"] == "complete"
+
+
+def test_tiled_encode_of_a_partial_hop_matches_reference(ref, tmp_path):
+    # D3 with tiling: 6.013 s in 4-s windows (1-s overlap); the last window carries the partial hop.
+    path = _clip(tmp_path / "odd.wav", 6.013, SR, 5, 260.0)
+    tiled = Pipeline.load(default_out(), config=GenerationConfig(encode_window=4.0, encode_overlap=1.0))
+    req = _request(path, 2, 9, {"settings": {"task": "extract"}})
+    got, audio = _compare(tiled, ref, req, dict(caption="calm piano", task="extract", encode_window=4.0,
+                                                 encode_overlap=1.0), path)
+    assert audio.shape[-1] % 1920 and got.audio.shape == audio.shape

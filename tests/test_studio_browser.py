@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from acestep_edge.runtime import vocab
 from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from serverutil import DEMO_BUNDLE, LiveServer
@@ -203,7 +204,10 @@ def _shown(driver, element_id: str) -> bool:
 
 def test_repaint_window_dragged_on_the_waveform_renders_the_cli_bytes(page, server, clips, tmp_path):
     _task(page, "repaint")
-    assert not _shown(page, "duration") and not _shown(page, "track") and not _shown(page, "coverscale")
+    # Only the fields the validator lets repaint take (runtime/vocab.py).
+    assert not _shown(page, "duration") and not _shown(page, "track") and not _shown(page, "classes")
+    assert _shown(page, "strength") == ("repaint" in vocab.STRENGTH_TASKS)
+    assert _shown(page, "coverscale") == ("repaint" in vocab.COVER_SCALE_TASKS)
     _upload(page, "source-file", clips["source"], "source-info")
     _drag(page, 2.0, 6.5)
     assert page.find_element("id", "wstart").get_attribute("value") == "2.0"
@@ -263,7 +267,8 @@ def test_outpainting_drag_extends_three_seconds_each_side(page, clips):
 
 def test_extract_with_a_track_name(page, clips):
     _task(page, "extract")
-    assert _shown(page, "track") and not _shown(page, "wstart") and not _shown(page, "strength")
+    assert _shown(page, "track") and not _shown(page, "wstart") and not _shown(page, "mode")
+    assert _shown(page, "strength") == ("extract" in vocab.STRENGTH_TASKS)
     _upload(page, "source-file", clips["source"], "source-info")
     Select(page.find_element("id", "track")).select_by_value("drums")
     _common(page, seed=13)
@@ -309,6 +314,7 @@ def test_lego_and_complete(page, clips, task):
         _drag(page, 4.0, 8.0)
     else:
         assert _shown(page, "classes") and not _shown(page, "track") and not _shown(page, "wstart")
+        assert not _shown(page, "duration")  # the source sets the length
         for name in ("drums", "bass"):
             page.find_element("css selector", f'#classes input[value="{name}"]').click()
     _common(page, seed=15)

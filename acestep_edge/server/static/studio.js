@@ -10,10 +10,10 @@ const $ = (id) => document.getElementById(id);
 const HELP = {
   text2music: "Music from a prompt and lyrics.",
   cover: "A new rendition of the source: strength sets how far it may move, a timbre reference lends its sound.",
-  repaint: "Re-render a window of the source. Drag on the waveform; drag past either end to outpaint.",
+  repaint: "Re-render a window of the source (none: all of it). Drag on the waveform; drag past either end to outpaint.",
   extract: "Pull one track (e.g. the drums) out of the source.",
   lego: "Add a track to the source, optionally inside a window only.",
-  complete: "Add the chosen tracks to the source.",
+  complete: "Add the chosen tracks to the source, or render them from silence without one.",
 };
 const TIMESIG_BEATS = { 2: 2, 3: 3, 4: 4, 6: 6 };
 // `touched`: fields edited so far; the live check marks only those (a fresh form is not all red).
@@ -94,6 +94,9 @@ window.acestepStudio = { requestText, buildTask };
 
 function update() {
   const t = task();
+  // complete may go without a source (its length is then `duration`); with one, the source sets it.
+  const optional = state.config ? state.config.sourceOptionalTasks || [] : [];
+  $("duration").closest("[data-tasks]").dataset.tasks = ["text2music", ...(source.audio ? [] : optional)].join(" ");
   document.querySelectorAll("[data-tasks]").forEach((el) => { el.hidden = !shows(el, t); });
   $("task-help").textContent = HELP[t];
   $("noisegpu-field").hidden = $("noise").value !== "torch-cuda"; // the GPU shapes the torch-cuda draw only
@@ -368,6 +371,12 @@ async function loadAdapters() {
 
 async function start() {
   try { state.config = await (await fetch("/studio/config")).json(); } catch (err) { state.config = null; }
+  // Which fields each task takes, from the server's vocabulary (the HTML's data-tasks are the fallback).
+  const c = state.config || {};
+  const tasksOf = { "source-box": c.sourceTasks, "window-grid": c.windowTasks };
+  const fieldsOf = { track: c.trackTasks, strength: c.strengthTasks, coverscale: c.coverScaleTasks };
+  for (const [id, list] of Object.entries(tasksOf)) if (list) $(id).dataset.tasks = list.join(" ");
+  for (const [id, list] of Object.entries(fieldsOf)) if (list) $(id).closest("[data-tasks]").dataset.tasks = list.join(" ");
   const names = state.config ? state.config.trackNames : [];
   for (const n of names) $("track").append(new Option(n, n));
   $("classes").replaceChildren(...names.map((n) => {

@@ -115,7 +115,8 @@ def _task(driver, name: str) -> None:
 def _upload(driver, input_id: str, path: Path, info_id: str) -> None:
     driver.find_element("id", input_id).send_keys(str(path))
     # "name · size · seconds" once read and decoded ("reading name…" before that)
-    WebDriverWait(driver, 90).until(lambda d: d.find_element("id", info_id).text.startswith(path.name + " · "))
+    WebDriverWait(driver, 90).until(lambda d: d.find_element("id", info_id).text.startswith(path.name + " · "),
+                                    f"{path.name} was not read and decoded")
 
 
 def _settle(driver) -> None:
@@ -154,10 +155,11 @@ def _render(driver) -> dict:
     driver.find_element("id", "render").click()
     wait = WebDriverWait(driver, 240)  # a loaded CI machine renders slowly
     wait.until(lambda d: d.find_element("id", "status").text == "done"
-               or "bad" in (d.find_element("id", "status").get_attribute("class") or ""))
+               or "bad" in (d.find_element("id", "status").get_attribute("class") or ""), "the render did not end")
     assert driver.find_element("id", "status").text == "done", driver.find_element("id", "status").text
     wait.until(lambda d: len(d.find_elements("css selector", "#results-list li")) == before + 1
-               and d.find_element("css selector", "#results-list li").get_attribute("data-seconds"))
+               and d.find_element("css selector", "#results-list li").get_attribute("data-seconds"),
+               "the result card was not drawn")
     card = driver.find_element("css selector", "#results-list li")
     played = driver.execute_async_script(PLAY_NEWEST)
     assert played.get("error") is None and played["time"] > 0, played  # it plays
@@ -384,7 +386,8 @@ def test_remix_from_a_result(page, server):
     # The result becomes the next task's source, fetched from the server, not downloaded by hand.
     src = card.find_element("css selector", "audio").get_attribute("src")
     card.find_element("xpath", ".//button[text()='use as source']").click()
-    WebDriverWait(page, 90).until(lambda d: "10.00 s" in d.find_element("id", "source-info").text)
+    WebDriverWait(page, 90).until(lambda d: "10.00 s" in d.find_element("id", "source-info").text,
+                                  "the result did not become the source")
     request = _request(page)
     assert request["settings"]["task"] == "cover"
     status, result_bytes, _ = server.request("GET", src.removeprefix(server.base))

@@ -91,7 +91,7 @@ def export_fp32(root: Path, preset, path: Path) -> Path:
     from acestep_edge.export.onnx_export import export_program, save_program
 
     def make(p):
-        save_program(export_program(graph_specs(preset)["dit"], load_dit(root), preset, "standard"), p)
+        save_program(export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard"), p)
 
     return _cached(path, make)
 

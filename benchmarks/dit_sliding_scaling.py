@@ -94,7 +94,7 @@ def export_dit(preset, ops: str, path: Path) -> Path:
     model = AceStepModel(preset.dit)
     state = {k: random_tensor(k, tuple(v.shape), SEED) for k, v in model.state_dict().items()}
     model.load_state_dict(state)
-    spec = graph_specs(preset)["dit"]
+    spec = graph_specs(preset, "none")["dit"]  # the bare DiT contract: no adapter inputs
     # Trace at more than two query blocks of DiT tokens: with the default example (T = 37, 19 tokens)
     # a ±128 window gives ONE block, the exporter specialises the length and the graph only runs at
     # T = 37 (its input dims are still renamed symbolic). Odd T keeps the patch padding in the graph.

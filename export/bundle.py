@@ -39,6 +39,7 @@ def export_bundle(
     query_block: int | None = None,
     graphs: Iterable[str] | None = None,
     parity: bool = True,
+    adapter_targets: str = "attention",
     command: str | None = None,
     checkpoint_label: str | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -52,6 +53,8 @@ def export_bundle(
     fails the export unless `allow_over_budget` (then its manifest entry says so). `ops`,
     `full_attention` and `query_block` choose the kernels' ONNX lowering (kernels/lowering.py; ops
     None traces the eager torch code); each graph's manifest entry records what it got (`attention`).
+    `adapter_targets` (none, attention, attention+mlp) chooses the DiT's LoRA side-path inputs
+    (export/adapter_paths.py).
     """
     out = Path(out)
     names = _check_graphs(graphs)
@@ -68,10 +71,12 @@ def export_bundle(
     tmp.mkdir(parents=True)
     try:
         job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget,
-                        ops=ops, full_attention=full_attention, query_block=query_block, parity=parity, log=log)
+                        ops=ops, full_attention=full_attention, query_block=query_block, parity=parity, log=log,
+                        adapter_targets=adapter_targets)
         manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, names)
         manifest["export"]["command"] = command or default_command(checkpoint, out, layout, precision, ops,
-                                                                   overrides, target, full_attention, query_block)
+                                                                   overrides, target, full_attention, query_block,
+                                                                   adapter_targets)
         if checkpoint_label:
             manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -112,7 +117,7 @@ def _replace(tmp: Path, out: Path) -> None:
 def _write_contents(root: Path, tmp: Path, layout, job_args: dict, names) -> dict:
     first = load_checkpoint(root, layout, torch.float32, components=())
     preset = first.preset
-    specs = graph_specs(preset)
+    specs = graph_specs(preset, job_args["adapter_targets"])
     job = _Job(preset, tmp, **job_args)
     graphs: dict[str, dict] = {}
     null_emb = None
@@ -135,7 +140,7 @@ def _write_contents(root: Path, tmp: Path, layout, job_args: dict, names) -> dic
     files = write_files(first, null_emb, tmp)
     ordered = {n: graphs[n] for n in names}  # contract order, whatever order the weights were loaded in
     manifest = build_manifest(preset, ordered, files, root, first.layout)
-    manifest["export"].update(precision=job.precision, target=job.target)
+    manifest["export"].update(precision=job.precision, target=job.target, adapter_targets=job.adapter_targets)
     if job.allow_over_budget:
         manifest["export"]["allow_over_budget"] = True
     return manifest
@@ -154,6 +159,7 @@ class _Job:
     query_block: int | None
     parity: bool
     log: Callable[[str], None]
+    adapter_targets: str = "attention"
 
 
 def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
@@ -173,6 +179,8 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
     data = save_program(program, path)
     del program
     entry = graph_entry(spec, path, data, precision, job.ops, attention, scheme)
+    if spec.name == "dit":  # LoRA side-path inputs (export/adapter_paths.py; docs/bundle-format.md)
+        entry["adapter_targets"] = [i.name[len("lora_a."):] for i in spec.inputs if i.name.startswith("lora_a.")]
     entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None
     entry["budget"] = {"max_rel_err": budget_for(spec.name, precision)}
     _check_budget(spec.name, precision, entry, job)

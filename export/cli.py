@@ -62,11 +62,16 @@ def _log(msg: str) -> None:
 @click.option("--graphs", "graphs", multiple=True, type=click.Choice(GRAPHS),
               help="Export only these graphs (repeat the option). Default: all seven. A partial bundle "
                    "is for development; the runtime needs every graph its tasks use.")
+@click.option("--adapter-targets", "adapter_targets", type=click.Choice(["attention", "attention+mlp", "none"]),
+              default="attention", show_default=True,
+              help="Which DiT linears take LoRA/LoKr adapters at render time (factor inputs of the dit graph): "
+                   "attention = self/cross-attention q/k/v/o (the official trainer's targets), attention+mlp "
+                   "adds gate/up/down (costs every step, adapter or not), none = no adapter inputs.")
 @click.option("--skip-parity", is_flag=True,
               help="Do not run the ONNX Runtime vs torch fp32 check (it needs the torch graph and the "
                    "ONNX session in memory one after the other).")
 def export_command(checkpoint, out, layout, precision, graph_precision, target, allow_over_budget, ops,
-                   full_attention, query_block, graphs, skip_parity):
+                   full_attention, query_block, graphs, adapter_targets, skip_parity):
     """Export an ACE-Step checkpoint to an ONNX bundle (see docs/bundle-format.md).
 
     Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
@@ -96,7 +101,8 @@ def export_command(checkpoint, out, layout, precision, graph_precision, target, 
         path = export_bundle(checkpoint, out, layout=layout, precision=precision, graph_precision=overrides,
                              target=target, allow_over_budget=allow_over_budget, ops=ops,
                              full_attention=full_attention, query_block=query_block, graphs=graphs or None,
-                             parity=not skip_parity, command=invoked_command(), log=_log)
+                             parity=not skip_parity, adapter_targets=adapter_targets, command=invoked_command(),
+                             log=_log)
     except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     from acestep_edge.export.inspect import inspect_bundle

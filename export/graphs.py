@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from acestep_edge.export import adapter_paths
 from acestep_edge.models.acestep import AceStepModel
 from acestep_edge.models.config import ModelPreset
 from acestep_edge.models.text_encoder import Qwen3TextEncoder
@@ -61,13 +62,27 @@ class ConditionEncoderGraph(nn.Module):
 
 
 class DiTGraph(nn.Module):
-    """DiT velocity with the context [src_latents | chunk_mask×64] built inside, then `DiT.forward`."""
+    """DiT velocity with the context [src_latents | chunk_mask×64] built inside, then `DiT.forward`.
 
-    def __init__(self, model: AceStepModel):
+    `adapter_kinds` adds the low-rank side paths whose factors follow the five contract inputs
+    (export/adapter_paths.py).
+    """
+
+    def __init__(self, model: AceStepModel, adapter_kinds=()):
         super().__init__()
         self.dit = model.decoder
+        self.side = adapter_paths.SidePaths(self.dit, adapter_kinds) if adapter_kinds else None
 
-    def forward(self, x, t, encoder_states, src_latents, chunk_mask):
+    def forward(self, x, t, encoder_states, src_latents, chunk_mask, *factors):
+        if self.side is None:
+            return self._velocity(x, t, encoder_states, src_latents, chunk_mask)
+        self.side.set(factors)
+        try:
+            return self._velocity(x, t, encoder_states, src_latents, chunk_mask)
+        finally:
+            self.side.set(None)  # the DiT called outside this wrapper runs without side paths
+
+    def _velocity(self, x, t, encoder_states, src_latents, chunk_mask):
         channels = src_latents.shape[-1]
         mask = chunk_mask.to(src_latents.dtype)[:, :, None].expand(-1, -1, channels)
         return self.dit(x, t, encoder_states, torch.cat([src_latents, mask], dim=-1))
@@ -173,11 +188,22 @@ def _cond_example(s, p, g):
             _randn(g, s["B"], s["Fr"], p.dit.timbre_hidden_dim))
 
 
-def _dit_example(s, p, g):
-    b, t, c = s["B"], s["T"], p.dit.audio_acoustic_hidden_dim
-    mask = (torch.rand(b, t, generator=g) > 0.5).float()
-    return (_randn(g, b, t, c), torch.rand(b, generator=g), _randn(g, b, s["S"], p.dit.encoder_hidden_size),
-            _randn(g, b, t, c), mask)
+def _dit_example(kinds):
+    def example(s, p, g):
+        b, t, c = s["B"], s["T"], p.dit.audio_acoustic_hidden_dim
+        mask = (torch.rand(b, t, generator=g) > 0.5).float()
+        return (_randn(g, b, t, c), torch.rand(b, generator=g), _randn(g, b, s["S"], p.dit.encoder_hidden_size),
+                _randn(g, b, t, c), mask, *adapter_paths.example_factors(p.dit, kinds, g))
+
+    return example
+
+
+def _dit_factor_io(cfg, kinds) -> tuple:
+    ios = []
+    for kind in kinds:
+        (a_shape, b_shape), (a_name, b_name) = adapter_paths.io_shapes(cfg, kind), adapter_paths.input_names(kind)
+        ios += [IOSpec(a_name, "float32", a_shape), IOSpec(b_name, "float32", b_shape)]
+    return tuple(ios)
 
 
 def _vae_dec_example(s, p, g):
@@ -197,8 +223,13 @@ def _detok_example(s, p, g):
     return (_randn(g, s["B"], s["T5"], p.dit.encoder_hidden_size),)
 
 
-def graph_specs(preset: ModelPreset) -> dict[str, GraphSpec]:
-    """The seven graphs of the bundle for a model preset, in contract order."""
+def graph_specs(preset: ModelPreset, adapter_targets: str = "attention") -> dict[str, GraphSpec]:
+    """The seven graphs of the bundle for a model preset, in contract order; `adapter_targets` (a key of
+    adapter_paths.TARGET_SETS) chooses the DiT's adapter side paths."""
+    if adapter_targets not in adapter_paths.TARGET_SETS:
+        raise ValueError(f"adapter targets must be one of {', '.join(adapter_paths.TARGET_SETS)}, "
+                         f"got {adapter_targets!r}")
+    kinds = adapter_paths.TARGET_SETS[adapter_targets]
     d, h = preset.dit.encoder_hidden_size, preset.text.hidden_size
     c = preset.dit.audio_acoustic_hidden_dim
     hop, ch = preset.vae.hop_length, preset.vae.audio_channels
@@ -228,10 +259,11 @@ def graph_specs(preset: ModelPreset) -> dict[str, GraphSpec]:
         GraphSpec("dit",
                   (IOSpec("x", f32, ("B", "T", c)), IOSpec("t", f32, ("B",)),
                    IOSpec("encoder_states", f32, ("B", "S", d)), IOSpec("src_latents", f32, ("B", "T", c)),
-                   IOSpec("chunk_mask", f32, ("B", "T"))),
+                   IOSpec("chunk_mask", f32, ("B", "T"))) + _dit_factor_io(preset.dit, kinds),
                   (IOSpec("velocity", f32, ("B", "T", c)),),
-                  lambda ck: DiTGraph(ck.acestep), "acestep", _dit_example,
-                  dims({0: "B", 1: "T"}, {0: "B"}, {0: "B", 1: "S"}, {0: "B", 1: "T"}, {0: "B", 1: "T"})),
+                  lambda ck: DiTGraph(ck.acestep, kinds), "acestep", _dit_example(kinds),
+                  lambda: dims({0: "B", 1: "T"}, {0: "B"}, {0: "B", 1: "S"}, {0: "B", 1: "T"}, {0: "B", 1: "T"})()
+                  + ((tuple(adapter_paths.factor_dynamic(kinds)),) if kinds else ())),
         GraphSpec("vae_decoder",
                   (IOSpec("latents", f32, ("B", lat, "T")),),
                   (IOSpec("audio", f32, ("B", ch, f"T*{hop}")),),

@@ -81,7 +81,7 @@ def build_manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -
 
 
 def default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu",
-                    full_attention="auto", query_block=None) -> str:
+                    full_attention="auto", query_block=None, adapter_targets="attention") -> str:
     """The `acestep-edge export` command line equivalent to an `export_bundle` call."""
     parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
     if layout != "auto":
@@ -97,6 +97,8 @@ def default_command(checkpoint, out, layout, precision, ops, overrides=None, tar
         parts += ["--full-attention", full_attention]
     if query_block is not None:
         parts += ["--query-block", str(query_block)]
+    if adapter_targets != "attention":
+        parts += ["--adapter-targets", adapter_targets]
     return " ".join(parts)
 
 

@@ -200,12 +200,13 @@ class Bundle:
         """Providers each created session actually got (ONNX Runtime silently falls back to CPU)."""
         return {name: list(s.get_providers()) for name, s in self._sessions.items()}
 
-    def dit_runner(self, constants: dict):
-        """A DitRunner for one render's constant DiT inputs, bound on the device when IO binding is on."""
+    def dit_runner(self, constants: dict, shared: dict | None = None):
+        """A DitRunner for one render's constant DiT inputs (`shared`: feeds common to every set, the
+        adapter factors), bound on the device when IO binding is on."""
         from .dit_runner import DitRunner
 
         return DitRunner(self.session("dit"), constants, io_binding=self.options.io_binding,
-                         cuda_graph=self.cuda_graph, device_id=self.options.device.device_id)
+                         cuda_graph=self.cuda_graph, device_id=self.options.device.device_id, shared=shared)
 
     def precisions_in_use(self) -> dict[str, str]:
         """Each created session's graph precision from the manifest (bundles before precisions: fp32)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -76,14 +77,21 @@ def _output_path(out: Path | None, request, audio_uuid: str, multiple: bool) -> 
 
 def render_requests(text: str, bundle: Path, out: Path | None, provider: str, threads: int | None,
                     save_latents: str | None, noise_path: str | None, show_progress: bool = True,
-                    noise_source: str | None = None, noise_gpu: str | None = None) -> list[dict]:
-    """Validate everything first, then render; returns the Runware-style responses.
+                    noise_source: str | None = None, noise_gpu: str | None = None,
+                    loras: tuple[str, ...] = ()) -> list[dict]:
+    """Validate everything first (adapters included), then render; returns the Runware-style responses.
 
-    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none.
+    `noise_source` / `noise_gpu` are the defaults for requests whose settings name none; `loras` are
+    `--lora PATH[=WEIGHT]` options, added to every request's `lora` list.
     """
     from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
     requests = parse_requests(text)
+    if loras:
+        from .adapters import cli_refs
+
+        extra = cli_refs(loras)
+        requests = [dataclasses.replace(r, lora=r.lora + extra) for r in requests]
     renders = sum(r.number_results for r in requests)
     if (noise_path or save_latents) and renders != 1:
         raise RequestError("noise" if noise_path else "save-latents",
@@ -94,6 +102,7 @@ def render_requests(text: str, bundle: Path, out: Path | None, provider: str, th
                              config=GenerationConfig(noise_source=noise_source, noise_gpu=noise_gpu))
     for request in requests:  # a request's GPU against a CLI source: refused before anything renders
         pipeline.noise_source(request)
+        pipeline.adapters.resolve(request.lora, request.task_uuid)  # every adapter read and checked
     responses = []
     for request in requests:
         bar, update = _progress(show_progress, f"rendering {request.task_uuid[:8]}")
@@ -148,8 +157,11 @@ def _common_options(f):
               help=f"GPU whose torch-cuda draw to reproduce when settings.noiseGpu is absent: "
                    f"{', '.join(noise.GPU_PRESETS)}, an SM count or SMSxTHREADS (default h100; "
                    "the same on every GPU up to 55 s).")
+@click.option("--lora", "loras", multiple=True, metavar="PATH[=WEIGHT]",
+              help="A LoRA/LoKr adapter (PEFT folder or .safetensors file) applied to every request, weight "
+                   "-2..2 (default 1). Repeat to stack adapters; they follow the request's own `lora` list.")
 def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path, noise_source,
-                     noise_gpu):
+                     noise_gpu, loras):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
     Every request is validated before anything renders; a bad field gives a Runware-style error
@@ -161,7 +173,7 @@ def generate_command(request_file, bundle, out, provider, threads, save_latents,
     try:
         text = _read_request_text(request_file)
         responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path,
-                                    noise_source=noise_source, noise_gpu=noise_gpu)
+                                    noise_source=noise_source, noise_gpu=noise_gpu, loras=loras)
     except RequestError as exc:
         _fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
     except (BundleError, RuntimeError, OSError, ValueError) as exc:

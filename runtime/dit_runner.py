@@ -40,12 +40,15 @@ class DitRunner:
     """
 
     def __init__(self, session, constants: dict[Hashable, dict[str, np.ndarray]], io_binding: bool = False,
-                 cuda_graph: bool = False, device_id: int = 0):
+                 cuda_graph: bool = False, device_id: int = 0, shared: dict[str, np.ndarray] | None = None):
         self.session = session
         # An fp16 bundle may declare fp16 inputs: feed each input in the graph's own dtype, return float32.
         self._types = {i.name: _NUMPY.get(i.type, np.float32) for i in session.get_inputs()}
         self._out_type = _NUMPY.get(session.get_outputs()[0].type, np.float32)
         self.constants = {key: {k: self._cast(k, v) for k, v in feeds.items()} for key, feeds in constants.items()}
+        # Feeds common to every set (the adapter factors): uploaded once, bound into each set's binding.
+        self.shared = {k: self._cast(k, v) for k, v in (shared or {}).items()}
+        self._shared_values: dict | None = None
         self.device = session_device(list(session.get_providers()))
         self.device_id = device_id
         self.io_binding = io_binding
@@ -68,6 +71,11 @@ class DitRunner:
         if bound is not None:
             return bound
         bound = _Bound(self.session.io_binding())
+        if self._shared_values is None:
+            self._shared_values = {n: (self._ortvalue(a), a) for n, a in self.shared.items()}
+        for name, (value, array) in self._shared_values.items():
+            bound.binding.bind_ortvalue_input(name, value)
+            bound.keep[name] = (value, array)
         for name, array in self.constants[key].items():
             array = np.ascontiguousarray(array)
             value = self._ortvalue(array)
@@ -93,7 +101,7 @@ class DitRunner:
         start = time.perf_counter()
         x, t = self._cast("x", x), self._cast("t", t)
         if not self.io_binding:
-            (v,) = self.session.run(None, dict(self.constants[key], x=x, t=t))
+            (v,) = self.session.run(None, {**self.shared, **self.constants[key], "x": x, "t": t})
         elif self.cuda_graph:
             v = self._run_graph(self._bind(key, x, t), x, t)
         else:

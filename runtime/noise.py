@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import noise_cpu, noise_cuda, sampler
+from .fields import choice, field_error
 from .fp32 import to_bfloat16, to_float16
 
 SOURCES = ("torch-cuda", "torch-cpu", "numpy")
@@ -101,6 +102,22 @@ def source(name: str | None = None, gpu_value: str | int | None = None) -> Noise
     if gpu_value is not None and name != "torch-cuda":
         raise ValueError(f"a GPU applies to noise source torch-cuda only (source is {name})")
     return NoiseSource(name, gpu(gpu_value) if name == "torch-cuda" else None)
+
+
+def read_settings(settings) -> tuple[str | None, str | None]:
+    """(settings.noise, settings.noiseGpu as a canonical GPU name) of a request's settings, or a
+    RequestError naming the field."""
+    source_name = choice(settings, "noise", "settings.noise", SOURCES)
+    raw = settings.get("noiseGpu")
+    if raw is None:
+        return source_name, None
+    if source_name not in (None, "torch-cuda"):
+        raise field_error("settings.noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source_name}); "
+                          "remove it", "conflictingParameters")
+    try:
+        return source_name, gpu(raw).name
+    except ValueError as exc:
+        raise field_error("settings.noiseGpu", str(exc), "invalidParameter") from exc
 
 
 def draw(name: str, seed: int, frames: int, gpu_spec: Gpu | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import noise as noise_sources
 from . import sampler, source_audio
+from .adapters import Adapters
 from .bundle import Bundle, SessionOptions
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
 from .device import DeviceOptions
@@ -65,6 +66,9 @@ class Pipeline:
         self.sample_rate = int(bundle.audio["sample_rate"])
         self.hop = int(bundle.audio["hop_length"])
         self.conditioner = Conditioner(bundle, self.tokenizer, self.config)
+        # LoRA/LoKr per request (runtime/adapters.py); front doors may replace `adapters.resolver`.
+        self.adapters = Adapters(bundle.manifest.get("graphs", {}).get("dit"),
+                                 (bundle.manifest.get("export") or {}).get("command"))
 
     @classmethod
     def load(cls, bundle: str | Path, provider: str = "cpu", threads: int | None = None,
@@ -111,9 +115,10 @@ class Pipeline:
         """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
         request = request if isinstance(request, Request) else parse_request(request)
         self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
+        adapters = self.adapters.resolve(request.lora, request.task_uuid)  # so does a bad adapter
         seed = request.seed if request.seed is not None else sampler.draw_seed()
         cond = conditioning or self.condition(request, seed)
-        return Render(self, request, cond, seed + index, noise)
+        return Render(self, request, cond, seed + index, noise, adapters)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
                  progress: Callable[[int, int, int], None] | None = None, cancel=None, index: int = 0,
@@ -134,6 +139,7 @@ class Pipeline:
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
         self.noise_source(request)
+        self.adapters.resolve(request.lora, request.task_uuid)  # a bad adapter fails before conditioning
         cond = self.condition(request)
         return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
                 for i in range(request.number_results)]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from . import sampler
+from .adapters import AdapterSet
 from .conditioning import Branch, Conditioning
 from .edits import PLAIN
 from .postprocess import anticlip, check_latents, finish_audio, tiled_decode
@@ -27,7 +28,7 @@ class Render:
     """One result's sampling loop; yields a `sampler.Step` after every DiT step."""
 
     def __init__(self, pipeline: "Pipeline", request: Request, cond: Conditioning, seed: int,
-                 noise: np.ndarray | None):
+                 noise: np.ndarray | None, adapters: AdapterSet | None = None):
         self.pipeline, self.request, self.cond, self.seed = pipeline, request, cond, seed
         defaults = pipeline.bundle.sampler_defaults
         config = pipeline.config
@@ -46,7 +47,8 @@ class Render:
         self.latents: np.ndarray | None = None
         self.timings = dict(cond.timings)
         self._dit_seconds = 0.0
-        self.dit = pipeline.bundle.dit_runner(self._dit_constants())
+        self.adapters = adapters or pipeline.adapters.base()  # the factor feeds, shared by every DiT call
+        self.dit = pipeline.bundle.dit_runner(self._dit_constants(), self.adapters.feeds)
 
     def _initial_noise(self, noise: np.ndarray | None) -> np.ndarray:
         """Each result draws from its own seed with a fresh generator, as the official code does per
@@ -145,5 +147,6 @@ class Render:
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
             "noise": self.noise_info,
+            "adapters": self.adapters.report,
         }
         return GenerationResult(audio, self.pipeline.sample_rate, self.latents, self.seed, metadata)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import noise
+from .adapters import parse_lora
 from .audio_io import FORMATS, LOSSY_FORMATS, LOSSY_SAMPLE_RATES, bitrate_limits
 from .fields import boolean, choice, choice_int, field_error, is_integral, is_number, number, section, string
 from .vocab import (COVER_SCALE_TASKS, GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES,
@@ -44,7 +45,7 @@ _SETTINGS_KEYS = (
 _TOP_KEYS = (
     "taskType", "taskUUID", "model", "positivePrompt", "negativePrompt", "duration", "seed",
     "steps", "CFGScale", "numberResults", "outputType", "outputFormat", "audioSettings",
-    "inputs", "strength", "settings",
+    "inputs", "strength", "settings", "lora",
 )
 
 
@@ -103,6 +104,7 @@ class Request:
     strength: float | None
     settings: Settings
     warnings: tuple[str, ...] = ()
+    lora: tuple = ()  # runtime/adapters.py LoraRef entries, in request order
 
     @property
     def latent_frames(self) -> int:
@@ -215,7 +217,7 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
               "conflictingParameters")
     use_neg = boolean(s, "useNegativePrompt", p + "useNegativePrompt")
     lang = choice(s, "vocalLanguage", p + "vocalLanguage", VALID_LANGUAGES, "en")
-    noise_source, noise_gpu = _noise(s)
+    noise_source, noise_gpu = noise.read_settings(s)
     return Settings(
         lyrics=string(s, "lyrics", p + "lyrics", max_chars=MAX_LYRICS_CHARS) or "",
         bpm=number(s, "bpm", p + "bpm", *BPM_RANGE, integer=True),
@@ -238,21 +240,6 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         noise=noise_source,
         noise_gpu=noise_gpu,
     )
-
-
-def _noise(s: Mapping) -> tuple[str | None, str | None]:
-    p = "settings."
-    source = choice(s, "noise", p + "noise", noise.SOURCES)
-    raw = s.get("noiseGpu")
-    if raw is None:
-        return source, None
-    if source not in (None, "torch-cuda"):
-        raise field_error(p + "noiseGpu", f"applies to settings.noise torch-cuda only (noise is {source}); remove it",
-              "conflictingParameters")
-    try:
-        return source, noise.gpu(raw).name
-    except ValueError as exc:
-        raise field_error(p + "noiseGpu", str(exc), "invalidParameter") from exc
 
 
 def _check_strength(settings: Settings) -> None:
@@ -396,7 +383,9 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         strength=strength,
         settings=settings,
         warnings=tuple(warnings),
+        lora=parse_lora(obj.get("lora")),
     )
+
 
 
 def parse_requests(obj: Any) -> list[Request]:

@@ -33,7 +33,7 @@ def test_window_128_dit_runs_at_untraced_lengths(tmp_path, ops, full_attention):
     preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, sliding_window=128))
     model = AceStepModel(preset.dit)
     model.load_state_dict({k: random_tensor(k, tuple(v.shape), seed=5) for k, v in model.state_dict().items()})
-    spec = graph_specs(preset)["dit"]
+    spec = graph_specs(preset, "none")["dit"]  # the bare DiT contract: no adapter inputs
     graph = spec.build(type("Ck", (), {"acestep": model})())
     path = tmp_path / "dit.onnx"
     save_program(export_program(spec, graph, preset, ops=ops, full_attention=full_attention), path)

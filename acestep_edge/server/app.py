@@ -18,6 +18,7 @@ from .auth import Access
 from .guard import PathGuard
 from .hooks import Hooks
 from .jobs import Renderer
+from .loras import LoraDir, install, route
 from .routes import STATIC, Routes, reply
 from .state import State
 from .studio import studio_routes
@@ -39,6 +40,7 @@ class ServerOptions:
     cors_origins: tuple[str, ...] = ()
     webhook_allow: tuple[str, ...] = ()
     ws_grace_seconds: float = 30.0
+    lora_dir: str | None = None  # adapters (request `lora` names) are read from here only
 
 
 class Guarded:
@@ -87,6 +89,8 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Guar
     state = State(renderer, Tasks(renderer, PathGuard(options.allow_dirs), renderer.hooks), access,
                   options.max_body_bytes, public, info, options.ws_grace_seconds)
     routes = Routes(state)
+    loras = LoraDir(options.lora_dir)
+    install(renderer.pipeline, loras)
 
     async def socket(websocket: WebSocket) -> None:
         await Connection(state, websocket).run()
@@ -120,6 +124,7 @@ def create_app(renderer: Renderer, options: ServerOptions | None = None) -> Guar
         Route("/v1/renders", routes.renders, methods=["GET"]),
         Route("/audio/{name}", routes.audio, methods=["GET", "HEAD"]),
         Route("/health", routes.health, methods=["GET"]),
+        route(loras, routes.denied),
         *studio_routes(options.max_body_bytes, state.tasks.precheck, routes.denied),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ], lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed, Exception: server_error})

@@ -48,6 +48,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder whose files inputs.audio / settings.referenceAudio may name (repeatable). "
                    "Without it the server reads no client-named file; data URIs always work.")
+@click.option("--lora-dir", "lora_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of LoRA/LoKr adapters a request's `lora` entries may name (relative names only; no "
+                   "`..`, no symlinks out). GET /v1/loras lists them. Without it requests with `lora` are refused.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=64, show_default=True,
               help="Largest request body accepted (HTTP 413 above).")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=30, show_default=True,
@@ -60,7 +63,7 @@ def _is_loopback(host: str) -> bool:
                    "(repeatable; '*' for any). Default: the studio's own origin only.")
 @click.option("--webhook-allow", "webhook_allow", multiple=True,
               help="HOST[:PORT] that webhookURL / uploadEndpoint may name (repeatable). Default: loopback only.")
-def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key, allow_dirs, max_body_mb,
+def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key, allow_dirs, lora_dir, max_body_mb,
                   drain_seconds, public_url, cors_origins, webhook_allow):
     """Serve Runware audioInference requests over HTTP and WebSocket, with a web studio at /.
 
@@ -70,6 +73,7 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
     GET  /v1/tasks/UUID/events   progress as server-sent events
     DELETE /v1/tasks/UUID        cancel a queued or running render
     GET  /health                 bundle, providers in use, queue depth
+    GET  /v1/loras               adapters in --lora-dir
     GET  /                       the web studio (prompt, settings, progress, players)
     The bundle's sessions are created once; one render runs at a time, the rest wait in a FIFO queue.
     """
@@ -89,7 +93,7 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
         server = build_server(bundle, host=host, port=port, provider=provider, threads=threads, queue=queue,
                               out_dir=out_dir, api_key=api_key, allow_dirs=allow_dirs, max_body_mb=max_body_mb,
                               drain_seconds=drain_seconds, public_url=public_url, cors_origins=cors_origins,
-                              webhook_allow=webhook_allow)
+                              webhook_allow=webhook_allow, lora_dir=lora_dir)
     except (BundleError, OSError, RuntimeError, ValueError) as exc:
         click.echo(f"acestep-edge serve: {exc}", err=True)
         sys.exit(1)

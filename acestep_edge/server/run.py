@@ -74,14 +74,16 @@ def build_server(bundle: Path, *, host: str = "127.0.0.1", port: int = 8000, pro
                  threads: int | None = None, queue: int = 16, out_dir: Path = Path("acestep-edge-renders"),
                  api_key: str | None = None, allow_dirs=(), max_body_mb: float = 64, drain_seconds: float = 30,
                  public_url: str | None = None, cors_origins=(), webhook_allow=(),
-                 collect_seconds: float = COLLECT_SECONDS, log_level: str = "info"):
+                 collect_seconds: float = COLLECT_SECONDS, log_level: str = "info",
+                 lora_dir: Path | None = None):
     """A ready uvicorn.Server (sessions created, worker started); call .run() to serve."""
     pipeline = Pipeline.load(bundle, provider=provider, threads=threads)
     renderer = Renderer(pipeline, out_dir, queue, step_delay=float(os.environ.get(STEP_DELAY_ENV, "0") or 0))
     options = ServerOptions(api_key=api_key, allow_dirs=tuple(str(d) for d in allow_dirs),
                             max_body_bytes=int(max_body_mb * 2**20), bind_host=host,
                             public_url=public_url, cors_origins=tuple(cors_origins),
-                            webhook_allow=tuple(webhook_allow))
+                            webhook_allow=tuple(webhook_allow),
+                            lora_dir=str(lora_dir) if lora_dir else None)
     config = uvicorn.Config(create_app(renderer, options), host=host, port=port, log_level=log_level,
                             http=JSONErrorProtocol, ws="websockets-sansio", ws_max_size=options.max_body_bytes,
                             timeout_graceful_shutdown=int(drain_seconds) + 10, server_header=False)

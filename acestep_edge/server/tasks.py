@@ -10,6 +10,7 @@ from acestep_edge.runtime.wire import RequestError, check_unique
 
 from .guard import PathGuard
 from .jobs import TERMINAL, Delivery, Job, Renderer, conflict
+from .loras import check_request
 from .wire import entry, error_of
 
 # Runware platform options with no meaning on one local machine: refused, so no client relies on them.
@@ -55,6 +56,7 @@ class Tasks:
             delivery = self._delivery(task, _uuid_of(task))
             self.guard.check_task(task)
         request = parse_request(task)
+        check_request(self.renderer.pipeline, request)  # adapters read and checked before queueing: 400
         check_unique(request.task_uuid, seen)
         held = self.renderer.get(request.task_uuid)
         if held is not None:

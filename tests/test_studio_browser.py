@@ -32,6 +32,7 @@ if CHROMIUM is None or DRIVER is None:
     pytest.skip("no headless browser: install Chromium and its driver (Debian: apt-get install -y chromium "
                 "chromium-driver) to drive the web studio", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="the selenium package (dev extra) is not installed")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -154,8 +155,11 @@ def _render(driver) -> dict:
     before = len(driver.find_elements("css selector", "#results-list li"))
     driver.find_element("id", "render").click()
     wait = WebDriverWait(driver, 240)  # a loaded CI machine renders slowly
-    wait.until(lambda d: d.find_element("id", "status").text == "done"
-               or "bad" in (d.find_element("id", "status").get_attribute("class") or ""), "the render did not end")
+    try:
+        wait.until(lambda d: d.find_element("id", "status").text == "done"
+                   or "bad" in (d.find_element("id", "status").get_attribute("class") or ""))
+    except TimeoutException:
+        raise AssertionError(f"the render did not end; status: {driver.find_element('id', 'status').text!r}") from None
     assert driver.find_element("id", "status").text == "done", driver.find_element("id", "status").text
     wait.until(lambda d: len(d.find_elements("css selector", "#results-list li")) == before + 1
                and d.find_element("css selector", "#results-list li").get_attribute("data-seconds"),
@@ -414,6 +418,45 @@ def test_a_file_dropped_on_the_reference_box(page):
     WebDriverWait(page, 30).until(lambda d: d.find_element("id", "ref-info").text.startswith("dropped.wav · "))
     assert "1.00 s" in page.find_element("id", "ref-info").text
     assert _request(page)["settings"]["referenceAudio"].startswith("data:audio/wav;base64,UklGR")
+
+
+def test_adapter_picker(browser, tmp_path_factory):
+    from test_lora_server import _peft  # the adapter writer of the server's adapter tests
+
+    loras = tmp_path_factory.mktemp("loras")
+    _peft(loras / "style")
+    (loras / "old.bin").write_bytes(b"\x80\x04pickle")
+    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("lora-renders"),
+                      lora_dir=str(loras))
+    try:
+        browser.get(live.base + "/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "lora-box").is_displayed(), "no adapter picker")
+        rows = {r.get_attribute("data-name"): r for r in browser.find_elements("css selector", "#loras .lora")}
+        assert set(rows) == {"style", "old.bin"}
+        assert not rows["old.bin"].find_element("css selector", "input[type=checkbox]").is_enabled()  # pickle: refused
+        rows["style"].find_element("css selector", "input[type=checkbox]").click()
+        weight = rows["style"].find_element("css selector", ".weight")
+        weight.clear()
+        weight.send_keys("3")
+        _fill(browser, "duration", "10")
+        _common(browser, seed=31)
+        _settle(browser)
+        request = _request(browser)
+        assert request["lora"] == [{"model": "style", "weight": 3}]
+        with pytest.raises(RequestError) as caught:
+            parse_request(request)
+        box = browser.find_element("id", "lora-box")
+        assert box.find_element("css selector", ".err").text == caught.value.message  # lora[0].weight's own words
+        weight.clear()
+        weight.send_keys("0.5")
+        assert _request(browser)["lora"] == [{"model": "style", "weight": 0.5}]
+        result = _render(browser)
+        assert abs(result["seconds"] - 10.0) < 0.01
+        status, listing, _ = live.request("GET", "/v1/renders")
+        assert status == 200 and listing["data"][0]["status"] == "success"
+    finally:
+        live.close()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 def test_task_selector_from_the_keyboard(page):

@@ -35,7 +35,10 @@ function headers(json) {
   return h;
 }
 
-function setStatus(text, bad) { $("status").textContent = text; $("status").className = bad ? "bad" : ""; }
+// `fromCheck`: the text is the live check's, so a later check may clear it (never a render's "done").
+function setStatus(text, bad, fromCheck = false) {
+  $("status").textContent = text; $("status").className = bad ? "bad" : ""; state.checkShown = fromCheck;
+}
 const task = () => document.querySelector('input[name="task"]:checked').value;
 const shows = (el, t) => !el.dataset.tasks || el.dataset.tasks.split(" ").includes(t);
 
@@ -115,10 +118,10 @@ function showErrors(errors, live = false) {
   const loose = [];
   const own = Object.entries(state.localErrors).map(([parameter, message]) => ({ parameter, message, own: true }));
   for (const e of [...own, ...errors]) {
-    if (live && !e.own && !state.all && e.parameter && !state.touched.has(e.parameter)) continue;
     // "lora[1].weight" has no field of its own: its list's box (the part before the first "[" or ".").
     const find = (p) => p && document.querySelector(`[data-param="${p}"]`);
     const box = find(e.parameter) || find(e.parameter && e.parameter.split(/[[.]/)[0]);
+    if (live && !e.own && !state.all && !(box && state.touched.has(box.dataset.param))) continue;
     if (!box || box.closest("[hidden]")) { loose.push(e.message); continue; }
     box.querySelector(".err").textContent = e.message;
     const input = box.querySelector("input, select, textarea, canvas");
@@ -150,7 +153,7 @@ async function check() {
     if (seq !== state.checkSeq) return;
     state.lastCheck = body.errors || [];
     const loose = showErrors(state.lastCheck, true);
-    if (!state.current) setStatus(loose.join("; "), loose.length > 0);
+    if (!state.current && (loose.length || state.checkShown)) setStatus(loose.join("; "), loose.length > 0, true);
   } catch (err) { /* the server is away: the render will say so */ }
 }
 
@@ -243,6 +246,7 @@ function onEvent(name, data, record) {
 async function render(event) {
   event.preventDefault();
   state.all = true; // from the first render on, every field's error shows
+  clearTimeout(state.checkTimer); state.checkSeq++; // a check still on its way must not overwrite the render's status
   const sent = buildTask();
   const record = { task: sent, source: source.audio, reference: reference.audio, window: readWindow() };
   $("render").disabled = true; $("progress").value = 0; setStatus("sending…");

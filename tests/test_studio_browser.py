@@ -474,6 +474,4 @@ def test_readable_at_1280_and_narrow(page):
         page.set_window_size(width, 800)
         page.execute_async_script("setTimeout(arguments[0], 200)")
         assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
-        if os.environ.get("ACESTEP_EDGE_SCREENSHOTS"):
-            page.save_screenshot(str(Path(os.environ["ACESTEP_EDGE_SCREENSHOTS"]) / f".viewport-{width}.png"))
     page.set_window_size(1280, 800)

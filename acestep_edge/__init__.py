@@ -4,6 +4,10 @@ from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 
+# The tiny random-weight bundle and the example request shipped inside the package (`acestep-edge demo`).
+DEMO_BUNDLE = _Path(__file__).resolve().parent / "demo_bundle"
+DEMO_REQUEST = _Path(__file__).resolve().parent / "demo_request.json"
+
 # In a source checkout the subpackages live beside this folder (models/, kernels/, export/,
 # runtime/) and are installed under acestep_edge by pyproject's package-dir. When Python finds
 # this folder first (e.g. `python -m pytest` from the repository root), point the package at the

@@ -9,7 +9,7 @@ import click
 # name → (module, attribute). Modules load only when their command runs (or its help is shown),
 # so a runtime-only install never imports torch.
 COMMANDS = {
-    "demo": ("acestep_edge.runtime.cli", "demo_command"),
+    "demo": ("acestep_edge.demo", "demo_command"),
     "generate": ("acestep_edge.runtime.cli", "generate_command"),
     "export": ("acestep_edge.export.cli", "export_command"),
     "inspect": ("acestep_edge.export.cli", "inspect_command"),
@@ -18,9 +18,20 @@ COMMANDS = {
 }
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect after Ctrl-C
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return list(COMMANDS)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; nothing was written (outputs are atomic).
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
     def get_command(self, ctx, name):
         if name not in COMMANDS:
@@ -29,9 +40,10 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="acestep-edge")
-def main():
+@click.pass_context
+def main(ctx):
     """Offline ACE-Step v1.5 XL Base: export the model to an ONNX bundle, render Runware requests from it.
 
     \b
@@ -43,6 +55,8 @@ def main():
       acestep-edge serve --bundle BUNDLE           HTTP endpoint + web studio (needs the [server] extra)
       acestep-edge bench --bundle BUNDLE [--torch]   time renders stage by stage
     """
+    if ctx.invoked_subcommand is None:  # no command: the help, on stdout, exit 0
+        click.echo(ctx.get_help())
 
 
 if __name__ == "__main__":

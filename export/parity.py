@@ -108,13 +108,6 @@ def _symbols(spec: GraphSpec) -> list[str]:
     return seen
 
 
-def measure_parity(spec: GraphSpec, module, preset, onnx_path) -> dict:
-    cases = parity_cases(spec, preset)
-    inputs = case_inputs(spec, preset, cases)
-    refs = torch_references(module, inputs)
-    return compare(spec, cases, refs, ort_outputs(onnx_path, spec, inputs))
-
-
 def stft_log_magnitude_distance(ours: np.ndarray, ref: np.ndarray, ffts=(2048, 1024, 512, 256),
                                 floor_db: float = -80.0) -> float:
     """Multi-resolution STFT log-magnitude distance in dB: the mean |20·log10 |S_ours| − 20·log10 |S_ref||

@@ -234,6 +234,10 @@ def _text_rename(name: str) -> str | None:
 
 def _load_official(root: Path, dtype, components) -> LoadedCheckpoint:
     dit_dir = _find_official_dit_dir(root)
+    if dit_dir == root and not (root / OFFICIAL_TEXT_DIR).is_dir():
+        raise CheckpointError(
+            f"{root} is the DiT folder itself (config.json + silence_latent.pt); point --checkpoint at the parent "
+            f"folder ({root.resolve().parent}), which holds it beside {OFFICIAL_VAE_DIR}/ and {OFFICIAL_TEXT_DIR}/")
     base = dit_dir.parent if dit_dir != root else root
     cfg = AceStepConfig.from_json(dit_dir / "config.json")
     text_dir, vae_dir = base / OFFICIAL_TEXT_DIR, base / OFFICIAL_VAE_DIR

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import os
+import sys
 import tempfile
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -210,6 +213,7 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
         raise AudioError(f"output directory {str(directory)!r} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file follows the umask like any other
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -223,6 +227,19 @@ def write_bytes_atomic(path: str | os.PathLike, payload: bytes) -> Path:
         raise
     _fsync_dir(directory)
     return target
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -251,6 +268,28 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, fm
 
 
 # ----------------------------------------------------------------------------- reading
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the duration: decoder libraries write there directly."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except OSError:  # no fd 2 to silence (a daemon): nothing to do
+            yield
+            return
+        try:
+            sys.stderr.flush()  # what Python already wrote goes out before the descriptor moves
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _source_bytes_or_path(source: str | os.PathLike) -> bytes | Path:
@@ -293,18 +332,19 @@ def read_audio(source: str | os.PathLike, max_seconds: float | None = None) -> n
     try:
         if isinstance(src, Path) and not src.is_file():
             raise AudioError(f"audio file {str(src)[:200]!r} does not exist")
-        if max_seconds is not None:
-            info = sf.info(io.BytesIO(src) if isinstance(src, bytes) else str(src))
-            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-                raise AudioTooLong(info.frames / info.samplerate, max_seconds)
-        data, rate = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src),
-                             dtype="float32", always_2d=True)
+        with _quiet_stderr():  # libsndfile's mpg123 prints "Note: Illegal Audio-MPEG-Header ..." on fd 2
+            if max_seconds is not None:
+                info = sf.info(io.BytesIO(src) if isinstance(src, bytes) else str(src))
+                if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+                    raise AudioTooLong(info.frames / info.samplerate, max_seconds)
+            data, rate = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src),
+                                 dtype="float32", always_2d=True)
     except OSError as exc:  # a name too long, a folder, no permission: the client's path, not a server fault
         raise AudioError(f"cannot open audio file {str(src)[:200]!r}: {exc.strerror or exc}") from exc
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        where = "data URI" if isinstance(src, bytes) else repr(str(src))
-        raise AudioError(f"could not decode audio from {where}: {exc}; "
-                         f"supported: WAV, FLAC, OGG, MP3") from exc
+        # libsndfile's own text ("... or is not a regular file (possibly a pipe?)") misleads: say what it is.
+        where = "the data URI" if isinstance(src, bytes) else repr(str(src))
+        raise AudioError(f"{where} is not a readable audio file (WAV, FLAC, OGG or MP3)") from exc
     if data.shape[0] == 0:
         raise AudioError("source audio has no samples")
     if data.shape[1] > 2:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,38 +18,68 @@ from .device import ORT_NAMES, DeviceOptions, provider_entries, provider_report
 BUNDLE_FORMAT = "acestep-edge-bundle"
 BUNDLE_VERSION = 1
 PROVIDERS = ("cpu", "cuda", "tensorrt")
-_REGENERATE = "re-run `acestep-edge export --checkpoint CHECKPOINT_DIR --out {bundle}`"
+# The graphs a text2music render runs; editing tasks add vae_encoder and the audio tokenizers.
+TEXT2MUSIC_GRAPHS = ("text_encoder", "condition_encoder", "dit", "vae_decoder")
+_DEMO_GENERATOR = "acestep_edge.export.demo_bundle"
+# A progress listener: (stage, done, total), stage a graph name ("dit", "vae_decoder", ...) or "write".
+Stages = Callable[[str, int, int], None]
 
 
 class BundleError(RuntimeError):
-    """The bundle is missing, damaged or from another format version; the message says how to fix it."""
+    """The bundle is missing, damaged or from another format version; the message says how to fix it.
+
+    `code` names the failure in Runware's error shape (bundleNotFound, notABundle, bundleVersion,
+    bundleFileMissing, bundleGraphMissing, bundleGraphUnreadable, bundleInconsistent).
+    """
+
+    def __init__(self, message: str, code: str = "bundleInvalid"):
+        super().__init__(message)
+        self.code = code
 
 
 def fix_hint(bundle: Path, manifest: dict | None = None) -> str:
-    """How to regenerate the bundle: the manifest's own export command when it has one."""
-    command = ((manifest or {}).get("export") or {}).get("command")
-    return f"re-run `{command}`" if command else _REGENERATE.format(bundle=bundle)
+    """A command that rebuilds the bundle in the folder the user named (not where it was first written)."""
+    export = (manifest or {}).get("export") or {}
+    command = export.get("command")
+    if command and _DEMO_GENERATOR in command:  # a copy of the demo bundle: rebuild it where it is now
+        return f"rebuild it: `python -m {_DEMO_GENERATOR} --out {shlex.quote(str(bundle))}` ([export] extra)"
+    try:
+        words = shlex.split(command) if command else []
+    except ValueError:
+        words = []
+    if "--out" in words[:-1]:  # the original command, retargeted at this folder
+        words[words.index("--out") + 1] = str(bundle)
+        return f"re-export it: `{shlex.join(words)}`"
+    return f"re-export it: `acestep-edge export --checkpoint CHECKPOINT_DIR --out {shlex.quote(str(bundle))}`"
 
 
 def read_manifest(path: str | Path) -> dict:
     """The manifest of bundle `path`, after the format and version checks (shared with `inspect`)."""
     bundle = Path(path)
     manifest_path = bundle / "manifest.json"
+    # Messages stay short (error objects carry at most 300 characters) and name the folder given.
+    if bundle.is_file():
+        raise BundleError(f"{bundle} is a file, not a bundle folder (the folder `acestep-edge export --out` "
+                          "writes, with manifest.json and the .onnx graphs)", "notABundle")
     if not bundle.is_dir():
-        raise BundleError(f"bundle folder {bundle} does not exist; {fix_hint(bundle)}")
+        where = "" if bundle.is_absolute() else f" in {Path.cwd()}"
+        raise BundleError(f"no bundle folder {bundle}{where}; pass the folder `acestep-edge export --out` wrote, "
+                          f"or make one: `acestep-edge export --checkpoint CKPT --out {shlex.quote(str(bundle))}`",
+                          "bundleNotFound")
     if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {fix_hint(bundle)}")
+        raise BundleError(f"{manifest_path} is missing, so {bundle} is not a bundle; {fix_hint(bundle)}", "notABundle")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {fix_hint(bundle)}") from exc
+        raise BundleError(f"{manifest_path} is not readable JSON ({exc}); {fix_hint(bundle)}", "notABundle") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{manifest_path}: format is {got!r}, expected {BUNDLE_FORMAT!r}; {fix_hint(bundle)}")
+        raise BundleError(f"{manifest_path}: format is {got!r}, expected {BUNDLE_FORMAT!r}; {fix_hint(bundle)}",
+                          "notABundle")
     if manifest.get("format_version") != BUNDLE_VERSION:
         raise BundleError(
             f"{manifest_path}: format_version is {manifest.get('format_version')!r}, this version of "
-            f"acestep-edge reads {BUNDLE_VERSION}; {fix_hint(bundle, manifest)}"
+            f"acestep-edge reads {BUNDLE_VERSION}; {fix_hint(bundle, manifest)}", "bundleVersion"
         )
     return manifest
 
@@ -88,9 +120,10 @@ class Bundle:
         self.options = options or SessionOptions()
         self.manifest = read_manifest(self.path)
         self._sessions: dict[str, Any] = {}
+        self._observer: Stages | None = None
         self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
         self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
-        self._check_files()
+        self._check_files()  # small files only: a graph's files are checked when it is first needed
         self.silence_latent = self._load_array("silence_latent")
         self.null_condition_emb = self._load_array("null_condition_emb")
 
@@ -98,18 +131,30 @@ class Bundle:
         return fix_hint(self.path, self.manifest)
 
     def _check_files(self) -> None:
-        for name, graph in self.manifest.get("graphs", {}).items():
-            for key in ("file", "data"):
-                if graph.get(key) and not (self.path / graph[key]).exists():
-                    raise BundleError(f"{self.path / graph[key]} (graph {name!r}) is missing; {self._fix()}")
         for name, entry in self.manifest.get("files", {}).items():
             if not (self.path / entry["file"]).exists():
-                raise BundleError(f"{self.path / entry['file']} ({name}) is missing; {self._fix()}")
+                raise BundleError(f"{self.path / entry['file']} ({name}) is missing; {self._fix()}", "bundleFileMissing")
+
+    def _missing_graph_file(self, name: str) -> Path | None:
+        graph = self.manifest.get("graphs", {}).get(name, {})
+        for key in ("file", "data"):
+            if graph.get(key) and not (self.path / graph[key]).exists():
+                return self.path / graph[key]
+        return None
+
+    def require(self, names) -> None:
+        """Refuse before any render when a graph these names need is absent from the manifest or the folder."""
+        for name in names:
+            if name not in self.manifest.get("graphs", {}):
+                raise BundleError(f"bundle {self.path} has no {name!r} graph; {self._fix()}", "bundleGraphMissing")
+            missing = self._missing_graph_file(name)
+            if missing is not None:
+                raise BundleError(f"{missing} (graph {name!r}) is missing; {self._fix()}", "bundleGraphMissing")
 
     def _load_array(self, name: str) -> np.ndarray:
         entry = self.manifest.get("files", {}).get(name)
         if entry is None:
-            raise BundleError(f"manifest of {self.path} lists no {name!r} file; {self._fix()}")
+            raise BundleError(f"manifest of {self.path} lists no {name!r} file; {self._fix()}", "bundleFileMissing")
         return np.load(self.path / entry["file"]).astype(np.float32)
 
     @property
@@ -129,7 +174,8 @@ class Bundle:
         return self.path / self.manifest["files"]["tokenizer"]["file"]
 
     def has_graph(self, name: str) -> bool:
-        return name in self.manifest.get("graphs", {})
+        """Listed in the manifest and its files present (a copied bundle may lack a graph it lists)."""
+        return name in self.manifest.get("graphs", {}) and self._missing_graph_file(name) is None
 
     # -- sessions -------------------------------------------------------------------------
     def session(self, name: str):
@@ -138,9 +184,8 @@ class Bundle:
             return self._sessions[name]
         import onnxruntime as ort
 
-        graph = self.manifest.get("graphs", {}).get(name)
-        if graph is None:
-            raise BundleError(f"bundle {self.path} has no {name!r} graph; {self._fix()}")
+        self.require([name])
+        graph = self.manifest["graphs"][name]
         so = ort.SessionOptions()
         if self.options.threads:
             so.intra_op_num_threads = self.options.threads
@@ -148,7 +193,8 @@ class Bundle:
         try:
             session = self._create(ort, name, graph, so)
         except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files
-            raise BundleError(f"ONNX Runtime could not load {self.path / graph['file']}: {exc}; {self._fix()}") from exc
+            raise BundleError(f"ONNX Runtime could not load {self.path / graph['file']}: {exc}; {self._fix()}",
+                              "bundleGraphUnreadable") from exc
         self._check_io(name, graph, session)
         self._report_provider(name, graph, session)
         self._sessions[name] = session
@@ -193,7 +239,7 @@ class Bundle:
         if sorted(want) != sorted(got):
             raise BundleError(
                 f"graph {name!r} takes inputs {got} but the manifest says {want}; the bundle is inconsistent: "
-                f"{self._fix()}"
+                f"{self._fix()}", "bundleInconsistent"
             )
 
     def providers_in_use(self) -> dict[str, list[str]]:
@@ -214,7 +260,22 @@ class Bundle:
         return {name: graphs.get(name, {}).get("precision", "fp32") for name in self._sessions}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session(name).run(None, feeds)
+        observer = self._observer
+        if observer is not None:
+            observer(name, 0, 1)
+        out = self.session(name).run(None, feeds)
+        if observer is not None:
+            observer(name, 1, 1)
+        return out
+
+    @contextlib.contextmanager
+    def observing(self, stages: Stages | None):
+        """Report each graph run to `stages` for the duration (the encoders of one request's conditioning)."""
+        previous, self._observer = self._observer, stages
+        try:
+            yield
+        finally:
+            self._observer = previous
 
     def preferred_provider_active(self) -> bool:
         want = ORT_NAMES[self.options.provider]

@@ -1,48 +1,59 @@
-"""`acestep-edge generate` and `acestep-edge demo`: requests in, audio files and Runware-style JSON out."""
+"""`acestep-edge generate`: requests in, audio files and Runware-style JSON out."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import sys
-import time
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 
 from . import noise
-from .audio_io import EXTENSIONS
-from .bundle import PROVIDERS, BundleError
+from .bundle import PROVIDERS, TEXT2MUSIC_GRAPHS, BundleError
 from .delivery import deliver
+from .outputs import OutputPlan, apply_out_format, check_out_format
+from .progress import MODES as PROGRESS_MODES
+from .progress import Progress
 from .request import RequestError, parse_requests
-from .vocab import MAX_SECONDS, MIN_SECONDS
-from .response import error_response, new_audio_uuid
+from .request_files import resolve_sources
+from .response import error_response
+from .wire import parse_body
 
 EXIT_BAD_REQUEST, EXIT_FAILED = 2, 1
 
 
-def _package_file(name: str) -> Path:
-    """Files shipped inside the acestep_edge package (demo bundle and request)."""
-    import acestep_edge
+class TaskFailure(Exception):
+    """A failure after validation, carrying the taskUUIDs it concerns (Runware errors name the task)."""
 
-    return Path(acestep_edge.__file__).resolve().parent / name
+    def __init__(self, error: BaseException, task_uuids: list[str]):
+        super().__init__(str(error))
+        self.error, self.task_uuids = error, task_uuids
 
 
-def _fail(errors, exit_code: int, task_uuid=None) -> None:
+def fail(errors, exit_code: int, task_uuid=None) -> None:
     click.echo(json.dumps(error_response(errors, task_uuid=task_uuid), indent=2))
     sys.exit(exit_code)
 
 
-def _read_request_text(source: str) -> str:
+def _fail_tasks(failure: TaskFailure) -> None:
+    entries = [error_response(failure.error, task_uuid=u)["errors"][0] for u in failure.task_uuids or [None]]
+    click.echo(json.dumps({"errors": entries}, indent=2))
+    sys.exit(EXIT_BAD_REQUEST if isinstance(failure.error, RequestError) else EXIT_FAILED)
+
+
+def read_request_text(source: str) -> tuple[str, Path, bool]:
+    """(text, folder relative source paths are read from, whether it came on stdin)."""
     if source == "-":
-        return sys.stdin.read()
+        return sys.stdin.read(), Path.cwd(), True
     path = Path(source)
     if not path.is_file():
         raise RequestError("request", f"request: file {source!r} does not exist; pass a JSON file or '-' for stdin",
                            "invalidFile")
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8"), path.resolve().parent, False
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -52,74 +63,114 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         raise RequestError(what, f"{what}: cannot read {path!r} as a .npy array ({exc})", "invalidFile") from exc
 
 
-def _progress(enabled: bool, label: str):
-    """A progress callback drawing a bar on stderr when it is a terminal, else None."""
-    if not enabled or not sys.stderr.isatty():
-        return None, None
-    bar = click.progressbar(length=1, label=label, file=sys.stderr, show_pos=True)
+@contextlib.contextmanager
+def _one_warning_line():
+    """Library warnings (a GPU provider that fell back to the CPU, ...) as one stderr line: the response lists them all."""
+    seen: list[str] = []
 
-    def update(done: int, total: int, index: int = 0) -> None:
-        bar.length = total
-        bar.update(done - bar.pos)
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not seen:
+            click.echo(f"warning: {message} (every warning is listed in the response's \"warnings\")", err=True)
+        seen.append(str(message))
 
-    return bar, update
-
-
-def _output_path(out: Path | None, request, audio_uuid: str, multiple: bool) -> Path:
-    name = f"{audio_uuid}.{EXTENSIONS[request.output_format]}"
-    if out is None:
-        return Path.cwd() / name
-    if multiple or out.is_dir() or str(out).endswith(os.sep):
-        out.mkdir(parents=True, exist_ok=True)
-        return out / name
-    return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
-def render_requests(text: str, bundle: Path, out: Path | None, provider: str, threads: int | None,
-                    save_latents: str | None, noise_path: str | None, show_progress: bool = True,
-                    noise_source: str | None = None, noise_gpu: str | None = None,
-                    loras: tuple[str, ...] = ()) -> list[dict]:
-    """Validate everything first (adapters included), then render; returns the Runware-style responses.
+def _quiet_onnxruntime() -> None:
+    # ORT logs each provider it cannot load (coloured, per session); the runtime reports that itself, once.
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
+
+def render_requests(text: str, bundle: Path, out: str | None, provider: str, threads: int | None,
+                    save_latents: str | None, noise_path: str | None, progress: str = "auto",
+                    base: Path | None = None, from_stdin: bool = True, noise_source: str | None = None,
+                    noise_gpu: str | None = None, loras: tuple[str, ...] = ()) -> list[dict]:
+    """Validate everything (requests, sources, adapters, output paths, bundle) first, then render; the
+    Runware responses.
 
     `noise_source` / `noise_gpu` are the defaults for requests whose settings name none; `loras` are
     `--lora PATH[=WEIGHT]` options, added to every request's `lora` list.
     """
     from .pipeline import GenerationConfig, Pipeline  # sessions only once the requests are known to be valid
 
-    requests = parse_requests(text)
+    items = parse_body(text)
+    resolve_sources(items, base or Path.cwd(), from_stdin)
+    apply_out_format(items, out)
+    requests = parse_requests(items)
+    check_out_format(requests, out)
     if loras:
         from .adapters import cli_refs
 
         extra = cli_refs(loras)
         requests = [dataclasses.replace(r, lora=r.lora + extra) for r in requests]
+    uuids = [r.task_uuid for r in requests]
     renders = sum(r.number_results for r in requests)
     if (noise_path or save_latents) and renders != 1:
         raise RequestError("noise" if noise_path else "save-latents",
                            "--noise/--save-latents take one render: send one request with numberResults 1",
-                           "conflictingParameters")
+                           "conflictingParameters", uuids[0])
     noise = _load_npy(noise_path, "noise").astype(np.float32, copy=False) if noise_path else None
-    pipeline = Pipeline.load(bundle, provider=provider, threads=threads,
-                             config=GenerationConfig(noise_source=noise_source, noise_gpu=noise_gpu))
+    plan = OutputPlan.build(requests, out, save_latents)
+    _quiet_onnxruntime()
+    try:
+        pipeline = Pipeline.load(bundle, provider=provider, threads=threads,
+                                 config=GenerationConfig(noise_source=noise_source, noise_gpu=noise_gpu))
+        pipeline.bundle.require(TEXT2MUSIC_GRAPHS)
+    except BundleError as exc:
+        raise TaskFailure(exc, uuids) from exc
     for request in requests:  # a request's GPU against a CLI source: refused before anything renders
         pipeline.noise_source(request)
         pipeline.adapters.resolve(request.lora, request.task_uuid)  # every adapter read and checked
+    plan.prepare(uuids[0])
     responses = []
-    for request in requests:
-        bar, update = _progress(show_progress, f"rendering {request.task_uuid[:8]}")
+    for request, row in zip(requests, plan.results):
+        report = Progress(progress, label=request.task_uuid[:8])
         try:
-            results = pipeline.generate_all(request, noise=noise, progress=update)
+            results = pipeline.generate_all(request, noise=noise, stages=report)
+            for k, (result, (audio_uuid, path)) in enumerate(zip(results, row)):
+                report("write", k, len(results))
+                responses.append(deliver(request, result, path, audio_uuid=audio_uuid, save_latents=save_latents))
+            report("write", len(results), len(results))
+        except RequestError:
+            raise
+        except (BundleError, RuntimeError, OSError, ValueError) as exc:
+            raise TaskFailure(exc, [request.task_uuid]) from exc
         finally:
-            if bar is not None:
-                bar.render_finish()
-        for result in results:
-            responses.append(_deliver(request, result, out, renders > 1, save_latents))
+            report.close()
     return responses
 
 
-def _deliver(request, result, out: Path | None, multiple: bool, save_latents: str | None) -> dict:
-    audio_uuid = new_audio_uuid()
-    path = _output_path(out, request, audio_uuid, multiple) if request.output_type == "URL" else None
-    return deliver(request, result, path, audio_uuid=audio_uuid, save_latents=save_latents)
+def common_options(f):
+    f = click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
+                     help="ONNX Runtime execution provider; the response reports the providers actually used.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="Intra-op threads per session (default: all cores).")(f)
+    f = click.option("--progress", type=click.Choice(PROGRESS_MODES), default="auto", show_default=True,
+                     help="Progress on stderr per stage: a bar on a terminal (auto), one line per stage (plain), "
+                          "or none.")(f)
+    return f
+
+
+def run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin,
+                  single: bool, **noise_defaults) -> list[dict]:
+    """render_requests with every failure turned into Runware's error JSON and an exit code."""
+    try:
+        with _one_warning_line():
+            responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path, progress,
+                                        base, from_stdin, **noise_defaults)
+    except RequestError as exc:
+        fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
+    except TaskFailure as exc:
+        _fail_tasks(exc)
+    except (BundleError, RuntimeError, OSError, ValueError) as exc:
+        fail(exc, EXIT_FAILED)
+    click.echo(json.dumps(responses[0] if single and len(responses) == 1 else responses, indent=2))
+    return responses
 
 
 def _check_gpu(ctx, param, value):
@@ -131,21 +182,14 @@ def _check_gpu(ctx, param, value):
         raise click.BadParameter(str(exc)) from exc
 
 
-def _common_options(f):
-    f = click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
-                     help="ONNX Runtime execution provider; the response reports the providers actually used.")(f)
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="Intra-op threads per session (default: all cores).")(f)
-    return f
-
-
 @click.command("generate")
 @click.argument("request_file", metavar="REQUEST.json|-")
 @click.option("--bundle", "bundle", type=click.Path(path_type=Path), envvar="ACESTEP_EDGE_BUNDLE", required=True,
               help="Bundle folder from `acestep-edge export` (or set ACESTEP_EDGE_BUNDLE).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file, or a folder (several results). Default: <audioUUID>.<ext> in the current folder.")
-@_common_options
+@click.option("--out", type=click.Path(), default=None,
+              help="Output file (its extension picks the format when the request sets no outputFormat; several "
+                   "results become NAME-1.ext, NAME-2.ext) or a folder. Default: <audioUUID>.<ext> here.")
+@common_options
 @click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
               help="Also write the final latents as .npy (float32, [1, T, 64]).")
 @click.option("--noise", "noise_path", type=click.Path(dir_okay=False), default=None,
@@ -160,53 +204,21 @@ def _common_options(f):
 @click.option("--lora", "loras", multiple=True, metavar="PATH[=WEIGHT]",
               help="A LoRA/LoKr adapter (PEFT folder or .safetensors file) applied to every request, weight "
                    "-2..2 (default 1). Repeat to stack adapters; they follow the request's own `lora` list.")
-def generate_command(request_file, bundle, out, provider, threads, save_latents, noise_path, noise_source,
+def generate_command(request_file, bundle, out, provider, threads, progress, save_latents, noise_path, noise_source,
                      noise_gpu, loras):
     """Render a Runware audioInference request (or a JSON array of them) and print the response JSON.
 
-    Every request is validated before anything renders; a bad field gives a Runware-style error
-    naming it, a non-zero exit code, and no output file. A progress bar goes to stderr on a terminal.
+    Every request, source file and output path is checked before anything renders; a bad field gives a
+    Runware-style error naming it, a non-zero exit code, and no output file. Relative source paths in a
+    request file are read from that file's folder.
     """
     if noise_gpu is not None and noise_source not in (None, "torch-cuda"):
         raise click.BadParameter(f"applies to --noise-source torch-cuda only (got {noise_source})",
                                  param_hint="--noise-gpu")
     try:
-        text = _read_request_text(request_file)
-        responses = render_requests(text, bundle, out, provider, threads, save_latents, noise_path,
-                                    noise_source=noise_source, noise_gpu=noise_gpu, loras=loras)
+        text, base, from_stdin = read_request_text(request_file)
     except RequestError as exc:
-        _fail(exc, EXIT_BAD_REQUEST, getattr(exc, "task_uuid", None))
-    except (BundleError, RuntimeError, OSError, ValueError) as exc:
-        _fail(exc, EXIT_FAILED)
-    single = not text.lstrip().startswith("[") and len(responses) == 1
-    click.echo(json.dumps(responses[0] if single else responses, indent=2))
-
-
-@click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
-              help="Folder for the rendered file.")
-@click.option("--steps", type=click.IntRange(1, 200), default=None, help="Override the request's steps.")
-@click.option("--duration", type=click.FloatRange(MIN_SECONDS, MAX_SECONDS), default=None, help="Override the request's duration.")
-@_common_options
-def demo_command(out, steps, duration, provider, threads):
-    """Render a shipped example request on the committed tiny bundle.
-
-    The tiny bundle has RANDOM weights: the result is noise, not music. It shows the whole path
-    (request → prompts → text encoder → condition encoder → 50 DiT steps → VAE → file) working.
-    """
-    request = json.loads(_package_file("demo_request.json").read_text())
-    request["outputFormat"] = "WAV"
-    for key, value in (("steps", steps), ("duration", duration)):
-        if value is not None:
-            request[key] = value
-    click.echo("acestep-edge demo: random-weight tiny model — expect noise, not music.", err=True)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        responses = render_requests(json.dumps(request), _package_file("demo_bundle"), out, provider, threads,
-                                    None, None)
-    except (RequestError, BundleError, RuntimeError, OSError, ValueError) as exc:
-        _fail(exc, EXIT_FAILED)
-    click.echo(json.dumps(responses[0], indent=2))
-    click.echo(f"wrote {responses[0]['audioURL']} in {time.perf_counter() - start:.1f} s "
-               "(random weights: this is noise, not music)", err=True)
+        fail(exc, EXIT_BAD_REQUEST)
+    single = not text.lstrip().startswith("[")
+    run_and_print(text, bundle, out, provider, threads, save_latents, noise_path, progress, base, from_stdin, single,
+                  noise_source=noise_source, noise_gpu=noise_gpu, loras=loras)

@@ -17,7 +17,7 @@ import numpy as np
 from . import noise as noise_sources
 from . import sampler, source_audio
 from .adapters import Adapters
-from .bundle import Bundle, SessionOptions
+from .bundle import TEXT2MUSIC_GRAPHS, Bundle, SessionOptions, Stages
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
 from .device import DeviceOptions
 from .edits import Cover, Edit, Repaint, SourceEdit
@@ -79,9 +79,11 @@ class Pipeline:
         return cls(Bundle(bundle, options), config)
 
     def warm_up(self) -> None:
-        """Create every session of the bundle now (a server does this before its first request)."""
-        for name in self.bundle.manifest.get("graphs", {}):
-            self.bundle.session(name)
+        """Create the text2music sessions now (a server does this before its first request); the encoders
+        editing tasks add are created by the first request that needs them, so no session holds memory idly."""
+        for name in TEXT2MUSIC_GRAPHS:
+            if self.bundle.has_graph(name):
+                self.bundle.session(name)
 
     def info(self) -> dict:
         """What a front end shows: the bundle, and each created session's providers and precision."""
@@ -111,20 +113,25 @@ class Pipeline:
 
     # -- rendering ----------------------------------------------------------------------------
     def start(self, request: Request | dict, noise: np.ndarray | None = None, index: int = 0,
-              conditioning: Conditioning | None = None) -> "Render":
-        """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`."""
+              conditioning: Conditioning | None = None, stages: Stages | None = None) -> "Render":
+        """A step-wise render of result `index` (seed + index). Iterate it, then call `.result()`.
+
+        `stages(stage, done, total)` hears every stage: each encoder graph, the DiT steps, the VAE chunks.
+        """
         request = request if isinstance(request, Request) else parse_request(request)
         self.noise_source(request)  # a bad source/GPU pairing fails before any encoder runs
         adapters = self.adapters.resolve(request.lora, request.task_uuid)  # so does a bad adapter
         seed = request.seed if request.seed is not None else sampler.draw_seed()
-        cond = conditioning or self.condition(request, seed)
-        return Render(self, request, cond, seed + index, noise, adapters)
+        if conditioning is None:
+            with self.bundle.observing(stages):
+                conditioning = self.condition(request, seed)
+        return Render(self, request, conditioning, seed + index, noise, adapters, stages)
 
     def generate(self, request: Request | dict, noise: np.ndarray | None = None,
                  progress: Callable[[int, int, int], None] | None = None, cancel=None, index: int = 0,
-                 conditioning: Conditioning | None = None) -> GenerationResult:
+                 conditioning: Conditioning | None = None, stages: Stages | None = None) -> GenerationResult:
         """One result; `progress(step, steps, index)` after every step says which result is rendering."""
-        render = self.start(request, noise, index, conditioning)
+        render = self.start(request, noise, index, conditioning, stages)
         for step in render:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("render cancelled; nothing was written")
@@ -133,13 +140,15 @@ class Pipeline:
         return render.result()
 
     def generate_all(self, request: Request | dict, noise: np.ndarray | None = None,
-                     progress: Callable[[int, int, int], None] | None = None, cancel=None) -> list[GenerationResult]:
+                     progress: Callable[[int, int, int], None] | None = None, cancel=None,
+                     stages: Stages | None = None) -> list[GenerationResult]:
         """Every `numberResults` render; conditioning is computed once and the seeds drawn once."""
         request = request if isinstance(request, Request) else parse_request(request)
         if request.seed is None:
             request = dataclasses.replace(request, seed=sampler.draw_seed())
         self.noise_source(request)
         self.adapters.resolve(request.lora, request.task_uuid)  # a bad adapter fails before conditioning
-        cond = self.condition(request)
-        return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond)
+        with self.bundle.observing(stages):
+            cond = self.condition(request)
+        return [self.generate(request, noise if i == 0 else None, progress, cancel, i, cond, stages)
                 for i in range(request.number_results)]

@@ -46,13 +46,22 @@ def tile_windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, 
 
 
 def tiled_decode(decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, hop: int,
-                 chunk: int = 512, overlap: int = 64) -> np.ndarray:
-    """latents [1, T, 64] (DiT layout) → audio [channels, T·hop] via `decode([1, 64, frames])`."""
+                 chunk: int = 512, overlap: int = 64,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """latents [1, T, 64] (DiT layout) → audio [channels, T·hop] via `decode([1, 64, frames])`.
+
+    `progress(done, total)` hears each decoded chunk (and 0 before the first).
+    """
     z = np.ascontiguousarray(latents.transpose(0, 2, 1))
     parts = []
-    for ws, we, cs, ce in tile_windows(z.shape[-1], chunk, overlap):
+    windows = tile_windows(z.shape[-1], chunk, overlap)
+    for k, (ws, we, cs, ce) in enumerate(windows):
+        if progress is not None and k == 0:
+            progress(0, len(windows))
         audio = decode(z[:, :, ws:we])[0]
         parts.append(audio[:, (cs - ws) * hop: audio.shape[-1] - (we - ce) * hop])
+        if progress is not None:
+            progress(k + 1, len(windows))
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 

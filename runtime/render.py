@@ -28,8 +28,9 @@ class Render:
     """One result's sampling loop; yields a `sampler.Step` after every DiT step."""
 
     def __init__(self, pipeline: "Pipeline", request: Request, cond: Conditioning, seed: int,
-                 noise: np.ndarray | None, adapters: AdapterSet | None = None):
+                 noise: np.ndarray | None, adapters: AdapterSet | None = None, stages=None):
         self.pipeline, self.request, self.cond, self.seed = pipeline, request, cond, seed
+        self.stages = stages  # (stage, done, total) for the DiT steps and VAE chunks, or None
         defaults = pipeline.bundle.sampler_defaults
         config = pipeline.config
         shift = request.settings.shift
@@ -111,8 +112,13 @@ class Render:
         steps = sampler.iter_sample(self.x, self.schedule, self.velocity, guidance=settings.guidance_type,
                                     scale=self.request.cfg_scale, interval=interval, state=state,
                                     post_step=self.post_step)
+        total = self.schedule.size - 1
+        if self.stages is not None:
+            self.stages("dit", 0, total)
         for step in steps:
             self.x = step.x
+            if self.stages is not None:
+                self.stages("dit", step.index + 1, step.total)
             yield step
         self.x = self.edit.crossfade(self.x)
         self.latents = self.x
@@ -131,7 +137,8 @@ class Render:
         audio = tiled_decode(lambda z: bundle.run("vae_decoder", {"latents": z})[0], self.latents,
                              self.pipeline.hop,
                              config.vae_chunk or defaults.get("vae_chunk", 512),
-                             config.vae_overlap if config.vae_overlap is not None else defaults.get("vae_overlap", 64))
+                             config.vae_overlap if config.vae_overlap is not None else defaults.get("vae_overlap", 64),
+                             None if self.stages is None else lambda done, n: self.stages("vae_decoder", done, n))
         self.timings["vae_decoder"] = time.perf_counter() - start
         # As generate_music: anti-clip the decode, then splice the source back, then normalise.
         audio = self.edit.splice(anticlip(audio), self.pipeline.sample_rate)

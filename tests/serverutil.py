@@ -8,17 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
+import uvicorn  # the [server] extra: modules importing this file are marked `server`
 
-uvicorn = pytest.importorskip("uvicorn", reason="the [server] extra (starlette, uvicorn) is not installed")
-pytest.importorskip("starlette", reason="the [server] extra (starlette, uvicorn) is not installed")
+import acestep_edge
+from acestep_edge.server.app import ServerOptions, create_app
+from acestep_edge.server.jobs import Renderer
+from acestep_edge.server.run import JSONErrorProtocol
 
-import acestep_edge  # noqa: E402
-from acestep_edge.server.app import ServerOptions, create_app  # noqa: E402
-from acestep_edge.server.jobs import Renderer  # noqa: E402
-from acestep_edge.server.run import JSONErrorProtocol  # noqa: E402
-
-DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
+DEMO_BUNDLE = acestep_edge.DEMO_BUNDLE
 TIMEOUT = 60  # seconds any single HTTP exchange may take in these tests
 
 

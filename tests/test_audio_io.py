@@ -183,5 +183,5 @@ def test_read_audio_errors(tmp_path):
         read_audio("data:audio/wav;base64,!!!")
     junk = tmp_path / "junk.wav"
     junk.write_bytes(os.urandom(256))
-    with pytest.raises(AudioError, match="could not decode"):
+    with pytest.raises(AudioError, match="not a readable audio file"):
         read_audio(str(junk))

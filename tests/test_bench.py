@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import acestep_edge
 from acestep_edge.bench.flops import band_pairs, dit_flops, layer_windows
 
-DEMO = Path(acestep_edge.__file__).parent / "demo_bundle"
+DEMO = acestep_edge.DEMO_BUNDLE
 
 
 @pytest.mark.parametrize("n,window", [(1, 4), (5, 4), (9, 4), (10, 4), (37, 4), (300, 128), (257, 128), (40, None)])
@@ -27,6 +27,7 @@ def test_band_pairs_counts_the_mask(n, window):
 
 @pytest.mark.parametrize("sliding", [False, True], ids=["all-full", "alternating"])
 @pytest.mark.parametrize("frames,tokens", [(37, 11), (24, 5)])
+@pytest.mark.export
 def test_dit_flops_equal_torch_flop_counter(sliding, frames, tokens):
     """torch's FlopCounterMode on the reference DiT (SDPA in its math form, so attention shows up as bmm).
 
@@ -74,13 +75,19 @@ def test_bench_preset_is_the_issue_config():
     assert list(dit.layer_types) == ["sliding_attention", "full_attention"] * 4
 
 
-def test_committed_gemm_graphs_are_the_builder_output_and_multiply():
+@pytest.mark.export  # builds the graphs with the onnx package
+def test_committed_gemm_graphs_are_the_builder_output():
     import onnx
 
-    from acestep_edge.bench.gemm import GRAPHS, build_matmul_model, ort_gemm_peak
+    from acestep_edge.bench.gemm import GRAPHS, build_matmul_model
 
     for dtype, path in GRAPHS.items():
         assert onnx.load(str(path)).SerializeToString() == build_matmul_model(dtype).SerializeToString()
+
+
+def test_committed_gemm_graph_multiplies():
+    from acestep_edge.bench.gemm import ort_gemm_peak
+
     result = ort_gemm_peak("cpu", threads=1, size=64, repeats=1)
     assert result["tflops"] > 0 and result["provider"] == "CPUExecutionProvider"
 
@@ -108,16 +115,19 @@ def test_bench_command_on_the_demo_bundle(tmp_path):
         assert r["dit_tflops_achieved"] > 0 and r["gemm_peak_tflops"] > 0 and r["peak_host_memory_gb"] > 0
         assert r["system"]["onnxruntime"] and r["encoder_tokens"] > 1
     assert "DiT ms/step" in result.output and "e2e@50" in result.output
+    assert result.output.count(f"acestep-edge {acestep_edge.__version__}, Python") == 1  # the header, once
     # Appends: a second run adds lines instead of replacing the file.
     result, out = _bench(["--durations", "10"], tmp_path)
     assert result.exit_code == 0 and len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.export  # without torch the command stops earlier, asking for the extra
 def test_torch_needs_a_checkpoint(tmp_path):
     result, _ = _bench(["--durations", "10", "--torch"], tmp_path)
     assert result.exit_code != 0 and "--checkpoint" in result.output
 
 
+@pytest.mark.export
 def test_torch_side_on_a_tiny_checkpoint(tiny_official):
     from acestep_edge.bench.torch_side import bench_torch
     from acestep_edge.runtime.bundle import read_manifest

@@ -12,6 +12,8 @@ from acestep_edge.models.checkpoint import CheckpointError, load_checkpoint
 from acestep_edge.models.config import xl_base
 from acestep_edge.models.random_checkpoint import random_tensor
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 # The official module tree (ace-step/ACE-Step-1.5 acestep/models/xl_base/modeling_acestep_v15_xl_base.py),
 # written out by hand: every key pattern of the XL DiT checkpoint with its shape.
 L, E = r"\d+", r"\d+"
@@ -189,3 +191,15 @@ def test_not_a_checkpoint_folder(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_export_pointed_at_the_dit_subfolder_names_the_parent(tiny_official, tmp_path):
+    """A newcomer passes the DiT folder (config.json + silence_latent.pt) itself: say which folder to pass."""
+    from click.testing import CliRunner
+
+    from acestep_edge.cli import main
+
+    (dit_dir,) = {p.parent for p in tiny_official.glob("*/silence_latent.pt")}
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(dit_dir), "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "point --checkpoint at the parent folder" in result.output
+    assert str(tiny_official.resolve()) in result.output and not (tmp_path / "b").exists()

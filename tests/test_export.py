@@ -19,6 +19,8 @@ from acestep_edge.export.inspect import BundleError, inspect_bundle, verify_bund
 from acestep_edge.kernels.lowering import MODES as LOWERING_MODES  # noqa: E402
 from acestep_edge.models.checkpoint import load_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 # Graphs without attention, RMSNorm or rotary do not change with --ops: exported once (first mode).
 OPS_SENSITIVE = ("text_encoder", "condition_encoder", "dit", "audio_tokenizer", "audio_detokenizer")
 MODES = LOWERING_MODES
@@ -33,6 +35,8 @@ def loaded(tiny_official):
 @pytest.fixture(scope="module", params=MODES, ids=lambda m: f"ops={m}")
 def bundle(request, tiny_official, tmp_path_factory):
     mode = request.param
+    if mode == "standard":  # the session's shared full export (every graph, parity measured)
+        return mode, request.getfixturevalue("tiny_fp32_bundle")
     graphs = GRAPH_NAMES if mode == MODES[0] else OPS_SENSITIVE
     out = tmp_path_factory.mktemp(f"bundle_{mode}") / "bundle"
     # Parity is measured by the test itself on fresh inputs; the exporter's own figures are checked once.

@@ -21,6 +21,8 @@ from acestep_edge.models.random_checkpoint import random_tensor
 
 ort = pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 
 # (ops, --full-attention) → (Scan present, Attention present) in the DiT graph.
 EXPECTED = {("standard", "auto"): (True, False), ("standard", "fused"): (False, True), ("plain", "auto"): (False, False)}

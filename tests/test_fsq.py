@@ -9,6 +9,8 @@ vq = pytest.importorskip("vector_quantize_pytorch", reason="test-only dependency
 
 from acestep_edge.models.audio_tokens import FSQ  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 LEVELS = (8, 8, 8, 5, 5, 5)
 
 

@@ -9,6 +9,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 ir = pytest.importorskip("onnx_ir")
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 
 def _matmuls(model) -> int:
     return sum(1 for n in model.graph if n.op_type == "MatMul")

@@ -15,13 +15,12 @@ from acestep_edge.runtime.bundle import Bundle, SessionOptions
 from acestep_edge.runtime.device import DURATION_BUCKETS, TRT_CACHE_DIR, DeviceOptions, provider_entries
 from acestep_edge.runtime.pipeline import Pipeline
 
-PACKAGE = Path(acestep_edge.__file__).parent
-DEMO = PACKAGE / "demo_bundle"
+DEMO = acestep_edge.DEMO_BUNDLE
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _request(**changes) -> dict:
-    request = json.loads((PACKAGE / "demo_request.json").read_text())
+    request = json.loads(acestep_edge.DEMO_REQUEST.read_text())
     # 6 steps with the CFG interval [0, 0.5]: guided (batch 2) steps first, then unguided (batch 1) ones.
     request.update({"duration": 12, "steps": 6, "outputFormat": "WAV", **changes})
     request["settings"]["cfgIntervalEnd"] = 0.5

@@ -15,6 +15,8 @@ from acestep_edge.kernels.lowering import MODES, current_mode, translation_table
 from acestep_edge.kernels.rmsnorm import rms_norm, rms_norm_ref  # noqa: E402
 from acestep_edge.kernels.rotary import apply_rotary, apply_rotary_ref, rotary_cos_sin  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 HQ, HKV, D, WINDOW, EPS, THETA = 4, 2, 8, 4, 1e-6, 10000.0
 LENGTHS = (1, 3, 4, 9, 17, 40)  # 1, < window, = window, odd / not a multiple of the block, several windows
 CROSS_LENGTHS = (1, 7, 12)

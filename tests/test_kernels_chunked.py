@@ -26,6 +26,8 @@ from acestep_edge.kernels.attention import attention, attention_ref  # noqa: E40
 from acestep_edge.kernels.lowering import (  # noqa: E402
     DEFAULT_QUERY_BLOCK, full_attention_form, translation_table, use_lowering)
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 HQ, HKV, D, CROSS = 4, 2, 8, 77
 BLOCK = DEFAULT_QUERY_BLOCK  # what the export ships (64)
 LENGTHS = (1, 127, 128, 129, 2001)

@@ -11,6 +11,8 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is a test-only de
 from diffusers import AceStepTransformer1DModel  # noqa: E402
 from diffusers.pipelines.ace_step import modeling_ace_step as dmod  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 TOL = 1e-5
 
 

@@ -23,6 +23,8 @@ from acestep_edge.export.precision import (
 )
 from acestep_edge.export.quantize import nbits_quantize, per_channel_int8
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 
 @pytest.fixture(scope="module")
 def loaded(tiny_official):

@@ -18,6 +18,8 @@ from acestep_edge.export.parity import stft_log_magnitude_distance
 from acestep_edge.export.precision import RENDER_BUDGETS
 from acestep_edge.runtime.pipeline import Pipeline
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 RENDER_GRAPHS = ["text_encoder", "condition_encoder", "dit", "vae_decoder"]
 LYRICS = "[Verse]\nthread by thread we cross the blue"
 
@@ -44,9 +46,9 @@ def _with_dit_of(base, dit_bundle, out):
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_official, tmp_path_factory):
+def bundles(tiny_official, tiny_fp32_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("precision_render")
-    out = {"fp32": export_bundle(tiny_official, root / "fp32", graphs=RENDER_GRAPHS, parity=False),
+    out = {"fp32": tiny_fp32_bundle,  # the session's shared export (all graphs, standard ops)
            # per-graph parity of fp16/int4 is tests/test_precision.py's job; int8's is checked here
            "fp16": export_bundle(tiny_official, root / "fp16", precision="fp16", graphs=RENDER_GRAPHS, parity=False)}
     for precision in ("int8", "int4"):

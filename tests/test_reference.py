@@ -20,6 +20,8 @@ from acestep_edge.models.reference import (  # noqa: E402
 )
 from acestep_edge.models.reference_sampling import MomentumBuffer, apg, euler_sample, schedule  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 STEPS = 4  # shift 3 → t = [1, 0.9, 0.75, 0.5, 0], progress p = [0, 0.1, 0.25, 0.5]
 
 

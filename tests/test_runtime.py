@@ -18,7 +18,7 @@ import acestep_edge
 from acestep_edge.runtime.pipeline import Pipeline
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "requests"
-DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
+DEMO_BUNDLE = acestep_edge.DEMO_BUNDLE
 FORMATS = ("WAV", "FLAC", "OGG", "MP3")
 
 
@@ -32,23 +32,16 @@ def shared_requests() -> list[Path]:
 # -- runtime vs reference ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def parity_bundle(tiny_official, tmp_path_factory):
-    from acestep_edge.export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("parity") / "bundle"
-    return export_bundle(tiny_official, out, parity=False)
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_official):
     from acestep_edge.models.reference import ReferencePipeline
 
     return ReferencePipeline.from_checkpoint(tiny_official)
 
 
+@pytest.mark.export
 @pytest.mark.parametrize("guidance,interval", [("apg", (0.0, 1.0)), ("apg", (0.0, 0.6)),
                                                ("cfg", (0.0, 1.0)), ("cfg", (0.2, 0.7))])
-def test_runtime_latents_match_reference(parity_bundle, reference, guidance, interval):
+def test_runtime_latents_match_reference(tiny_fp32_bundle, reference, guidance, interval):
     """Same checkpoint, same explicit noise, 50 steps: schedule, momentum and interval provably agree."""
     from acestep_edge.models.reference import ReferenceParams
 
@@ -59,7 +52,7 @@ def test_runtime_latents_match_reference(parity_bundle, reference, guidance, int
                             "vocalLanguage": "en", "guidanceType": guidance,
                             "cfgIntervalStart": interval[0], "cfgIntervalEnd": interval[1]}}
     noise = np.random.default_rng(11).standard_normal((1, 250, 64)).astype(np.float32)
-    ours = Pipeline.load(parity_bundle).generate(request, noise=noise)
+    ours = Pipeline.load(tiny_fp32_bundle).generate(request, noise=noise)
     params = ReferenceParams(caption="warm analog synth", lyrics=lyrics, duration=10, steps=50, cfg_scale=7.0,
                              guidance=guidance, cfg_interval=interval, bpm=120, key_scale="D minor",
                              time_signature=4, language="en")
@@ -78,16 +71,11 @@ def _torch(array):
 
 # -- shared requests on the committed tiny bundle ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo_pipeline():
-    return Pipeline.load(DEMO_BUNDLE)
-
-
 @pytest.mark.parametrize("request_file", shared_requests(), ids=lambda p: p.stem)
 def test_shared_request_renders_in_every_format(demo_pipeline, request_file, tmp_path):
     """Each real request at its own duration (180–300 s). Only `steps` is lowered, to keep CI short:
     the step count does not change shapes, files or the response."""
-    from acestep_edge.runtime.cli import _deliver
+    from acestep_edge.runtime.delivery import deliver
     from acestep_edge.runtime.request import parse_request
 
     data = {**json.loads(request_file.read_text()), "steps": 2}
@@ -97,7 +85,7 @@ def test_shared_request_renders_in_every_format(demo_pipeline, request_file, tmp
     assert result.seed == data["seed"]
     for fmt in FORMATS:
         request = parse_request({**data, "outputFormat": fmt})
-        response = _deliver(request, result, tmp_path / f"out.{fmt.lower()}", False, None)
+        response = deliver(request, result, tmp_path / f"out.{fmt.lower()}")
         assert response["taskUUID"] == data["taskUUID"] and response["seed"] == data["seed"]
         assert uuid.UUID(response["audioUUID"]).version == 4
         path = Path(response["audioURL"].removeprefix("file://"))

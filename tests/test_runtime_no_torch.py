@@ -11,7 +11,7 @@ import pytest
 
 import acestep_edge
 
-DEMO_BUNDLE = Path(acestep_edge.__file__).parent / "demo_bundle"
+DEMO_BUNDLE = acestep_edge.DEMO_BUNDLE
 
 SCRIPT = r"""
 import json, sys

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from acestep_edge.runtime.audio_io import encode_audio_bytes
-from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from acestep_edge.runtime.response import error_response
 from serverutil import DEMO_BUNDLE, LiveServer, task
@@ -32,9 +31,13 @@ def _load_tests(name: str):
     return module
 
 
+pytestmark = pytest.mark.server
+
+
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=THREADS)
+def pipeline(demo_pipeline):
+    assert demo_pipeline.bundle.options.threads == THREADS
+    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import shutil
 import uuid
 
 import pytest
-from acestep_edge.runtime.pipeline import Pipeline
-from serverutil import DEMO_BUNDLE, LiveServer
+from serverutil import LiveServer
+
+pytestmark = pytest.mark.server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
@@ -45,8 +46,8 @@ else { audio.addEventListener('loadedmetadata', report); audio.addEventListener(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("renders"))
+def server(demo_pipeline, tmp_path_factory):
+    live = LiveServer(demo_pipeline, tmp_path_factory.mktemp("renders"))
     yield live
     live.close()
 

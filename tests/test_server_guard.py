@@ -10,15 +10,17 @@ import uuid
 import numpy as np
 import pytest
 import soundfile as sf
-from acestep_edge.runtime.pipeline import Pipeline
 from serverutil import DEMO_BUNDLE, LiveServer
 
 GUARD_CODES = ("invalidPath", "invalidFormat")
 
 
+pytestmark = pytest.mark.server
+
+
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=1)
+def pipeline(demo_pipeline):
+    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,17 @@ import uuid
 
 import pytest
 from acestep_edge.runtime.audio_io import encode_audio_bytes
-from acestep_edge.runtime.pipeline import Pipeline
 from serverutil import DEMO_BUNDLE, LiveServer, task
 
 LONG = {"duration": 30, "steps": 200}  # several seconds on the tiny bundle: long enough to cancel mid-way
 
 
+pytestmark = pytest.mark.server
+
+
 @pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline.load(DEMO_BUNDLE, threads=1)
+def pipeline(demo_pipeline):
+    return demo_pipeline
 
 
 def _files(folder):
@@ -264,8 +266,12 @@ def test_port_in_use_exits_with_a_clear_error(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "acestep_edge.cli", "serve", "--bundle", str(DEMO_BUNDLE),
                                "--port", str(port), "--out-dir", str(tmp_path)], capture_output=True, text=True,
                               timeout=60)  # bounded: the worker thread must not keep the process alive
-    assert proc.returncode != 0 and "address already in use" in proc.stderr
+        # Found before the bundle loads: a bundle that does not exist is not what it complains about.
+        early = subprocess.run([sys.executable, "-m", "acestep_edge.cli", "serve", "--bundle", str(tmp_path / "nope"),
+                                "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "address already in use" in proc.stderr and "--port" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert early.returncode != 0 and "address already in use" in early.stderr and "nope" not in early.stderr
 
 
 def test_sigterm_refuses_queued_work_retryably_and_keeps_results_collectable(tmp_path):

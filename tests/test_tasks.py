@@ -22,6 +22,8 @@ from acestep_edge.runtime.audio_io import read_audio  # noqa: E402
 from acestep_edge.runtime.pipeline import GenerationConfig, Pipeline  # noqa: E402
 from acestep_edge.runtime.request import parse_request  # noqa: E402
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 UUID = "6a1e2f2c-52a2-4f57-9d0b-0f1a9c2b7d11"
 SR = 48000
 TOL = 1e-4
@@ -36,8 +38,8 @@ def ref(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return Pipeline.load(default_out())
+def pipe(demo_pipeline):
+    return demo_pipeline
 
 
 def _clip(path, seconds, sr, seed, freq=330.0):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import acestep_edge
 from acestep_edge.runtime.audio_io import read_audio
 
-DEMO_BUNDLE = __import__("acestep_edge").__path__[0] + "/demo_bundle"
+DEMO_BUNDLE = str(acestep_edge.DEMO_BUNDLE)
 UUID = "0b7e3c1e-5d7a-4f0e-8a51-3c2f4b6d9e10"
 
 
@@ -43,8 +44,8 @@ def request(**changes):
 
 BAD = [
     ("missing source", {"inputs": {"audio": "SRC/nope.wav"}}, "inputs.audio", "does not exist"),
-    ("empty source", {"inputs": {"audio": "SRC/empty.wav"}}, "inputs.audio", "could not decode"),
-    ("unreadable source", {"inputs": {"audio": "SRC/junk.mp3"}}, "inputs.audio", "could not decode"),
+    ("empty source", {"inputs": {"audio": "SRC/empty.wav"}}, "inputs.audio", "not a readable audio file"),
+    ("unreadable source", {"inputs": {"audio": "SRC/junk.mp3"}}, "inputs.audio", "not a readable audio file"),
     ("six channels", {"inputs": {"audio": "SRC/surround.wav"}}, "inputs.audio", "6 channels"),
     ("missing reference (text2music)", {"inputs": None, "duration": 10,
                                         "settings": {"referenceAudio": "SRC/nope.wav"}},

@@ -10,6 +10,8 @@ from acestep_edge.models.text_encoder import Qwen3TextEncoder
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 
 def hf_config(cfg: TextEncoderConfig, attn: str = "eager"):
     c = transformers.Qwen3Config(

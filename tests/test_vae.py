@@ -13,6 +13,8 @@ from acestep_edge.models.vae import OobleckVae, tiled_decode, tiled_encode
 
 diffusers = pytest.importorskip("diffusers")
 
+pytestmark = pytest.mark.export  # torch, onnx and the export side
+
 # diffusers' own count for the ACE-Step v1.5 VAE config (≈ 168.7 M, the ACE-Step v1.5 vae/ checkpoint).
 XL_VAE_PARAMS = 168_695_426
 

@@ -88,8 +88,7 @@ def bench_command(bundles, provider, threads, durations, steps, repeats, output,
         except FileNotFoundError as exc:
             raise click.BadParameter(str(exc), param_hint="--checkpoint") from exc
 
-    info = system_info(provider, threads)
-    _log(info_line(info))
+    info = system_info(provider, threads)  # printed once, above the table
     peaks = [ort_gemm_peak(provider, threads, "float32", device_id=device_id)]
     if provider != "cpu":
         peaks.append(ort_gemm_peak(provider, threads, "float16", device_id=device_id))

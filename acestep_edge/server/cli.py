@@ -20,6 +20,25 @@ def _missing_extra(exc: ImportError) -> None:
     sys.exit(1)
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be bound, found before the bundle loads; None when it is free (or port 0)."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        return None  # an unresolvable host: uvicorn says so itself
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _is_loopback(host: str) -> bool:
     if host in LOOPBACK:
         return True
@@ -83,6 +102,11 @@ def serve_command(bundle, host, port, provider, threads, queue, out_dir, api_key
         import websockets  # noqa: F401
     except ImportError as exc:
         _missing_extra(exc)
+    busy = _port_taken(host, port)
+    if busy:
+        click.echo(f"acestep-edge serve: cannot listen on {host}:{port}: {busy.lower()}; stop what uses it or pick "
+                   "another port with --port N (--port 0 takes any free one)", err=True)
+        sys.exit(1)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if not _is_loopback(host):
         click.echo(f"warning: binding {host}: other machines can reach this server"

@@ -49,7 +49,7 @@ def main() -> None:
             break
     port = int(match.group(1))
     samples, kinds = [], {"rest": 0, "websocket": 0}
-    sock = connect(f"ws://127.0.0.1:{port}/v1", max_size=None)
+    sock = connect(f"ws://127.0.0.1:{port}/v1", max_size=None).__enter__()  # closed in `finally`
     sock.send(json.dumps([{"taskType": "authentication", "apiKey": "soak"}]))
     sock.recv()
     start = time.monotonic()

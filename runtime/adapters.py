@@ -43,7 +43,7 @@ def parse_lora(value: Any) -> tuple[LoraRef, ...]:
         raise RequestError("lora", f"lora: expected a list of {{\"model\": NAME, \"weight\": W}} objects, got "
                            f"{type(value).__name__}", "invalidType")
     if len(value) > MAX_ADAPTERS:
-        raise RequestError("lora", f"lora: {len(value)} adapters; at most {MAX_ADAPTERS} at once", "outOfRange")
+        raise RequestError("lora", f"lora: {len(value)} adapters; at most {MAX_ADAPTERS} at once", "valueOutOfRange")
     refs = []
     for i, item in enumerate(value):
         param = f"lora[{i}]"
@@ -64,7 +64,7 @@ def parse_lora(value: Any) -> tuple[LoraRef, ...]:
                                f"{lo:g} to {hi:g}, got {weight!r}", "invalidType")
         if not lo <= weight <= hi:
             raise RequestError(f"{param}.weight", f"{param}.weight: adapter {model!r}: {weight:g} is out of range; "
-                               f"use a weight from {lo:g} to {hi:g}", "outOfRange")
+                               f"use a weight from {lo:g} to {hi:g}", "valueOutOfRange")
         refs.append(LoraRef(model.strip(), float(weight)))
     return tuple(refs)
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from . import noise as noise_sources
-from . import sampler, source_audio
+from . import defaults, sampler, source_audio
 from .adapters import Adapters
 from .bundle import TEXT2MUSIC_GRAPHS, Bundle, SessionOptions, Stages
 from .conditioning import Branch, Conditioner, Conditioning, silence_slice
@@ -65,6 +65,7 @@ class Pipeline:
         self.tokenizer = PromptTokenizer.from_file(bundle.tokenizer_path)
         self.sample_rate = int(bundle.audio["sample_rate"])
         self.hop = int(bundle.audio["hop_length"])
+        self.defaults = defaults.resolve(bundle.sampler_defaults, self.config)
         self.conditioner = Conditioner(bundle, self.tokenizer, self.config)
         # LoRA/LoKr per request (runtime/adapters.py); front doors may replace `adapters.resolver`.
         self.adapters = Adapters(bundle.manifest.get("graphs", {}).get("dit"),
@@ -94,9 +95,7 @@ class Pipeline:
 
     def condition(self, request: Request, seed: int | None = None) -> Conditioning:
         """Prompts, timbre, source latents and masks of a request; `seed` seeds the VAE posterior draws."""
-        defaults = self.bundle.sampler_defaults
-        mask_value = self.config.chunk_mask if self.config.chunk_mask is not None else defaults.get("chunk_mask", 1.0)
-        return self.conditioner.condition(request, seed, mask_value)
+        return self.conditioner.condition(request, seed, self.defaults.chunk_mask)
 
     def noise_source(self, request: Request) -> noise_sources.NoiseSource:
         """The request's noise source and GPU, else this pipeline's defaults (CLI --noise-source/--noise-gpu)."""

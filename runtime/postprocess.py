@@ -15,7 +15,8 @@ class RenderError(RuntimeError):
 
 
 def check_latents(latents: np.ndarray) -> None:
-    """NaN/Inf or all-zero latents are an error before decode (SPEC §6.9)."""
+    """NaN/Inf or all-zero latents are an error before decode (as the official
+    acestep/core/generation/handler/generate_music_decode.py guards before its VAE decode)."""
     if not np.all(np.isfinite(latents)):
         bad = int(np.size(latents) - np.count_nonzero(np.isfinite(latents)))
         raise RenderError(f"sampling produced {bad} NaN/Inf latent values; nothing was decoded or written "
@@ -28,7 +29,8 @@ def tile_windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, 
     """(window start, window end, core start, core end) in latent frames, official overlap-discard tiling.
 
     Each core [k·stride, (k+1)·stride) with stride = chunk − 2·overlap is decoded with up to
-    `overlap` frames of context per side, which are then thrown away (no crossfade, SPEC §5).
+    `overlap` frames of context per side, which are then thrown away (no crossfade; official
+    acestep/core/generation/handler/vae_decode.py `VaeDecodeMixin.tiled_decode`).
     A clip of at most `chunk` frames is one window.
     """
     if chunk < 1 or overlap < 0:

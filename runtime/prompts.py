@@ -1,4 +1,9 @@
-"""Caption and lyric prompt strings (SPEC §4.1–4.4) and their tokenization with the bundled tokenizer.json."""
+"""Caption and lyric prompt strings and their tokenization with the bundled tokenizer.json.
+
+The templates are the official ones (ace-step/ACE-Step-1.5 acestep/constants.py `SFT_GEN_PROMPT`,
+`LYRIC_GEN_PROMPT`, `TASK_INSTRUCTIONS`), filled as acestep/core/generation/handler/prompt_utils.py
+`build_dit_inputs` and the handler's `_parse_metas` fill them.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ TASK_INSTRUCTIONS = {
 
 TASKS = _REQUEST_TASKS + ("cover-nofsq",)
 
-# Request-side spellings of the canonical time signatures 2/3/4/6 (SPEC §7).
+# Request-side spellings of the canonical time signatures 2/3/4/6 (runtime/vocab.py).
 _TIME_SIGNATURE_FRACTIONS = {k: str(v) for k, v in TIME_SIGNATURES.items() if "/" in k}
 
 # A caption block of an already formatted SFT prompt: from the "# Caption" heading to the next
@@ -78,7 +83,8 @@ def format_time_signature(value) -> str:
 
 
 def format_metas(bpm, time_signature, key_scale, duration) -> str:
-    """The four metas lines of SPEC §4.1, each ending in a newline; missing values read 'N/A'."""
+    """The four metas lines (bpm, timesignature, keyscale, duration) of the official handler's
+    `_parse_metas`, each ending in a newline; missing values read 'N/A'."""
     if isinstance(duration, bool) or not isinstance(duration, numbers.Real):
         raise ValueError(f"duration must be a number of seconds, got {duration!r}")
     if not math.isfinite(duration) or duration < 0:
@@ -147,7 +153,7 @@ class PromptTokenizer:
     add_special_tokens=True. A fast HF tokenizer turns that into the backend's
     `enable_truncation(N)` + `encode(text, add_special_tokens=True)`: the literal '<|endoftext|>'
     in our templates matches the added special token, the tokenizer.json post-processor adds
-    whatever it adds (Qwen3-Embedding copies append one more EOS, SPEC §9.4), and truncation
+    whatever it adds (Qwen3-Embedding copies append one more EOS), and truncation
     leaves room for those added tokens. We do exactly that here and add nothing of our own.
     """
 

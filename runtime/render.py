@@ -31,14 +31,10 @@ class Render:
                  noise: np.ndarray | None, adapters: AdapterSet | None = None, stages=None):
         self.pipeline, self.request, self.cond, self.seed = pipeline, request, cond, seed
         self.stages = stages  # (stage, done, total) for the DiT steps and VAE chunks, or None
-        defaults = pipeline.bundle.sampler_defaults
-        config = pipeline.config
-        shift = request.settings.shift
-        shift = shift if shift is not None else config.shift if config.shift is not None else defaults.get("shift", 3.0)
-        self.shift = float(shift)
+        self.shift = pipeline.defaults.shift_for(request)
         self.edit = cond.edit or PLAIN
         self.noise = self._initial_noise(noise)
-        self.x, self.schedule = self.edit.start(sampler.timesteps(request.steps, shift), self.noise)
+        self.x, self.schedule = self.edit.start(sampler.timesteps(request.steps, self.shift), self.noise)
         steps = self.schedule.size - 1
         self.switch_at = self.edit.switch_at(steps)
         self.post_step = self.edit.injection(steps, self.noise)
@@ -107,11 +103,10 @@ class Render:
 
     def __iter__(self) -> Iterator[sampler.Step]:
         settings = self.request.settings
-        state = sampler.GuidanceState()
         interval = (settings.cfg_interval_start, settings.cfg_interval_end)
-        steps = sampler.iter_sample(self.x, self.schedule, self.velocity, guidance=settings.guidance_type,
-                                    scale=self.request.cfg_scale, interval=interval, state=state,
-                                    post_step=self.post_step)
+        guided = sampler.guided_velocity(self.velocity, settings.guidance_type, self.request.cfg_scale, interval,
+                                         sampler.GuidanceState())
+        steps = sampler.euler(self.x, self.schedule, guided, self.post_step)
         total = self.schedule.size - 1
         if self.stages is not None:
             self.stages("dit", 0, total)
@@ -131,13 +126,10 @@ class Render:
             for _ in self:
                 pass
         check_latents(self.latents)
-        bundle, config = self.pipeline.bundle, self.pipeline.config
-        defaults = bundle.sampler_defaults
+        bundle, config, defaults = self.pipeline.bundle, self.pipeline.config, self.pipeline.defaults
         start = time.perf_counter()
         audio = tiled_decode(lambda z: bundle.run("vae_decoder", {"latents": z})[0], self.latents,
-                             self.pipeline.hop,
-                             config.vae_chunk or defaults.get("vae_chunk", 512),
-                             config.vae_overlap if config.vae_overlap is not None else defaults.get("vae_overlap", 64),
+                             self.pipeline.hop, defaults.vae_chunk, defaults.vae_overlap,
                              None if self.stages is None else lambda done, n: self.stages("vae_decoder", done, n))
         self.timings["vae_decoder"] = time.perf_counter() - start
         # As generate_music: anti-clip the decode, then splice the source back, then normalise.

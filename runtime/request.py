@@ -10,13 +10,14 @@ from typing import Any
 
 from . import noise
 from .adapters import parse_lora
-from .audio_io import FORMATS, LOSSY_FORMATS, LOSSY_SAMPLE_RATES, bitrate_limits
-from .fields import boolean, choice, choice_int, field_error, is_integral, is_number, number, section, string
+from .audio_fields import AudioSettings, audio_settings, audio_source
+from .audio_io import FORMATS
+from .fields import boolean, choice, field_error, is_integral, is_number, number, section, string
 from .vocab import (COVER_SCALE_TASKS, GUIDANCE_TYPES, MAX_SECONDS, MIN_SECONDS, MODEL_ID, OUTPUT_TYPES,
-                    REPAINT_MODES, SAMPLE_RATE, SOURCE_OPTIONAL_TASKS, SOURCE_TASKS, STRENGTH_TASKS, TASK_TYPE,
+                    REPAINT_MODES, SOURCE_OPTIONAL_TASKS, SOURCE_TASKS, STRENGTH_TASKS, TASK_TYPE,
                     TASKS, TIME_SIGNATURES, TRACK_NAMES, TRACK_TASKS, VALID_LANGUAGES, WINDOW_TASKS,
                     latent_frames_for)
-from .wire import RequestError, check_unique, parse_body, refuse_remote, show
+from .wire import RequestError, check_unique, parse_body, show
 
 __all__ = ["AudioSettings", "Request", "RequestError", "Settings", "TASK_TYPE", "latent_frames_for",
            "parse_request", "parse_requests"]
@@ -50,15 +51,6 @@ _TOP_KEYS = (
 
 
 @dataclass(frozen=True)
-class AudioSettings:
-    """Lossy-output encoding (MP3/OGG only); None = 48 kHz, stereo, format's default bitrate."""
-
-    sample_rate: int | None = None
-    bitrate: int | None = None  # kbps
-    channels: int | None = None
-
-
-@dataclass(frozen=True)
 class Settings:
     """`settings` of the request; the last block holds this runtime's local extensions."""
 
@@ -74,7 +66,7 @@ class Settings:
     repainting_start: float | None = None  # seconds
     repainting_end: float | None = None  # seconds; -1 = end of the source
     # Local extensions.
-    shift: float | None = None  # None = bundle default (3.0)
+    shift: float | None = None  # None = the bundle's default (runtime/defaults.py)
     task: str = "text2music"
     track_name: str | None = None  # extract / lego
     track_classes: tuple[str, ...] = ()  # complete
@@ -153,36 +145,6 @@ def _time_signature(settings: Mapping) -> int | None:
     return TIME_SIGNATURES[key.strip()]
 
 
-def _audio_settings(obj: Mapping, output_format: str) -> AudioSettings | None:
-    raw = section(obj, "audioSettings", "audioSettings", ("sampleRate", "bitrate", "channels"))
-    if not raw:
-        return None
-    if output_format not in LOSSY_FORMATS:
-        raise field_error("audioSettings", f"applies to lossy formats only ({' and '.join(LOSSY_FORMATS)}); "
-              f"remove it or set outputFormat to MP3 or OGG (got {output_format})",
-              "conflictingParameters")
-    channels = choice_int(raw, "channels", "audioSettings.channels", (1, 2))
-    rate = choice_int(raw, "sampleRate", "audioSettings.sampleRate", LOSSY_SAMPLE_RATES)
-    rate_used, channels_used = rate or SAMPLE_RATE, channels or 2
-    lo, hi = bitrate_limits(output_format, rate_used, channels_used)
-    context = f" kbps for {output_format} at {rate_used} Hz, {channels_used} channel(s)"
-    bitrate = number(raw, "bitrate", "audioSettings.bitrate", lo, hi, integer=True,
-                      context=context)
-    return AudioSettings(sample_rate=rate, bitrate=bitrate, channels=channels)
-
-
-def _audio_source(v: Any, param: str) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v.strip():
-        raise field_error(param, f"expected a local path, a file:// URI or a data URI "
-              f"(data:audio/<type>;base64,...), got {show(v)}", "invalidType")
-    refuse_remote(v, param)
-    if v.startswith("data:") and ";base64," not in v[:100]:
-        raise field_error(param, "data URIs must be base64: 'data:audio/<type>;base64,<data>'", "invalidFormat")
-    return v
-
-
 def _settings(obj: Mapping, has_source: bool) -> Settings:
     s = section(obj, "settings", "settings", _SETTINGS_KEYS)
     p = "settings."
@@ -235,7 +197,7 @@ def _settings(obj: Mapping, has_source: bool) -> Settings:
         track_name=_track_name(s, task),
         track_classes=_track_classes(s, task),
         use_negative_prompt=use_neg,
-        reference_audio=_audio_source(s.get("referenceAudio"), p + "referenceAudio"),
+        reference_audio=audio_source(s.get("referenceAudio"), p + "referenceAudio"),
         repaint_mode=mode or "balanced",
         noise=noise_source,
         noise_gpu=noise_gpu,
@@ -338,7 +300,7 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         raise field_error("taskType", f"{show(task_type)} is not supported; use '{TASK_TYPE}'", "invalidEnum")
     model = choice(obj, "model", "model", (MODEL_ID,), MODEL_ID)
     inputs = section(obj, "inputs", "inputs", ("audio",))
-    source = _audio_source(inputs.get("audio"), "inputs.audio")
+    source = audio_source(inputs.get("audio"), "inputs.audio")
     duration = number(obj, "duration", "duration", *DURATION_RANGE)
     if source is not None and duration is not None:
         raise field_error("duration", "cannot be combined with inputs.audio (the source sets the length); "
@@ -368,17 +330,17 @@ def _parse(obj: Mapping, task_uuid: str) -> Request:
         task_uuid=task_uuid,
         model=model,
         positive_prompt=string(obj, "positivePrompt", "positivePrompt",
-                                max_chars=MAX_PROMPT_CHARS, required=True, allow_empty=False),
+                               max_chars=MAX_PROMPT_CHARS, required=True, allow_empty=False),
         negative_prompt=negative,
         duration=duration,
         seed=number(obj, "seed", "seed", *SEED_RANGE, integer=True),
         steps=number(obj, "steps", "steps", *STEPS_RANGE, DEFAULT_STEPS, integer=True),
         cfg_scale=cfg,
         number_results=number(obj, "numberResults", "numberResults", *NUMBER_RESULTS_RANGE, 1,
-                               integer=True),
+                              integer=True),
         output_type=choice(obj, "outputType", "outputType", OUTPUT_TYPES, "URL"),
         output_format=output_format,
-        audio_settings=_audio_settings(obj, output_format),
+        audio_settings=audio_settings(obj, output_format),
         input_audio=source,
         strength=strength,
         settings=settings,

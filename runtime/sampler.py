@@ -1,4 +1,10 @@
-"""Flow-matching schedule, Euler step, guidance (APG / CFG / ADG) and seeded noise in numpy (SPEC §3, DESIGN §5)."""
+"""Flow-matching schedule, guidance (APG / CFG / ADG) as a closure over the model, and a plain Euler loop, in numpy.
+
+The math follows ace-step/ACE-Step-1.5 acestep/models/common/apg_guidance.py (`apg_forward`,
+`adg_forward`, `MomentumBuffer`) and the Euler loop of acestep/models/xl_base/
+modeling_acestep_v15_xl_base.py `generate_audio`; docs/design.md "Decisions a user can see" lists
+where we differ (the CFG interval reading).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
+
+from .vocab import LATENT_CHANNELS
 
 GUIDANCE_KINDS = ("apg", "cfg", "adg")
 
@@ -44,7 +52,7 @@ def _check_pair(v_cond: np.ndarray, v_null: np.ndarray) -> None:
 # Schedule and step
 
 
-def timesteps(steps: int, shift: float = 3.0) -> np.ndarray:
+def timesteps(steps: int, shift: float) -> np.ndarray:
     """t = linspace(1, 0, steps+1), then t ← s·t / (1 + (s−1)·t); float32, t[0] = 1 and t[-1] = 0."""
     steps = _check_int("steps", steps, 1)
     s = _check_number("shift", shift, positive=True)
@@ -64,7 +72,8 @@ def in_cfg_interval(t: float, start: float = 0.0, end: float = 1.0) -> bool:
     """Guide iff start ≤ p ≤ end, with progress p = 1 − t (0 at the first step, 1 at the end).
 
     The official Python API compares the raw noise level t instead (start ≤ t ≤ end); the two
-    rules agree only for [0, 1]. We follow the diffusers/Runware reading (DESIGN §5). Bounds are
+    rules agree only for [0, 1]. We follow the diffusers/Runware reading (docs/design.md,
+    "Decisions a user can see"). Bounds are
     inclusive with a 1e-6 slack so that float32 schedule values land on the boundary they print as.
     """
     start = _check_number("cfg interval start", start)
@@ -99,7 +108,7 @@ def cfg(v_cond: np.ndarray, v_null: np.ndarray, scale: float) -> np.ndarray:
 def apg(v_cond: np.ndarray, v_null: np.ndarray, scale: float, state: GuidanceState | None,
         momentum: float = APG_MOMENTUM, norm_threshold: float = APG_NORM_THRESHOLD,
         eta: float = 0.0) -> np.ndarray:
-    """Adaptive projected guidance over the TIME axis (axis 1 of [B, T, C]), SPEC §3.4.
+    """Adaptive projected guidance over the TIME axis (axis 1 of [B, T, C]), official `apg_forward`.
 
     d = v_cond − v_null; m ← d + μ·m (when `state` is given); d = m; d ← d·min(1, thr/‖d‖) per
     (batch, channel); split d against v_cond/max(‖v_cond‖, 1e-12) into d∥ + d⊥;
@@ -132,7 +141,7 @@ def apg(v_cond: np.ndarray, v_null: np.ndarray, scale: float, state: GuidanceSta
 
 def adg(v_cond: np.ndarray, v_null: np.ndarray, scale: float, x: np.ndarray, t: float,
         angle_clip: float = ADG_ANGLE_CLIP) -> np.ndarray:
-    """Angle-based dynamic guidance on the x0 estimates, per token over channels (SPEC §3.4).
+    """Angle-based dynamic guidance on the x0 estimates, per token over channels (official `adg_forward`).
 
     It divides by t, so it is undefined at t = 0; the Euler loop never evaluates there.
     """
@@ -181,10 +190,10 @@ def guide(kind: str, v_cond: np.ndarray, v_null: np.ndarray, scale: float,
 # Noise and seeds
 
 
-def initial_noise(seed: int, frames: int, channels: int = 64) -> np.ndarray:
+def initial_noise(seed: int, frames: int, channels: int = LATENT_CHANNELS) -> np.ndarray:
     """Standard-normal float32 noise [1, frames, channels] from numpy's PCG64 seeded with `seed`.
 
-    Not bit-compatible with the official CUDA torch.randn (SPEC §3.1); it is stable across
+    Not bit-compatible with the official CUDA torch.randn (runtime/noise.py rebuilds that); it is stable across
     platforms and numpy versions that keep PCG64's stream.
     """
     seed = _check_int("seed", seed, 0)
@@ -202,11 +211,8 @@ def draw_seed() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Step-wise sampling loop
-
-
-class SamplingCancelled(RuntimeError):
-    """Raised by `sample` when the cancel hook asks to stop."""
+# The guided model and the Euler loop (k-diffusion's shape: guidance wraps the model, the loop
+# only integrates)
 
 
 class Step(NamedTuple):
@@ -220,70 +226,56 @@ class Step(NamedTuple):
     x: np.ndarray
 
 
+# model(x, t, batch2) → (v_cond, v_null) when batch2, else (v_cond, None).
 VelocityFn = Callable[[np.ndarray, float, bool], "tuple[np.ndarray, np.ndarray | None]"]
+# guided(x, t) → (velocity, whether guidance ran).
+GuidedFn = Callable[[np.ndarray, float], "tuple[np.ndarray, bool]"]
 
 
-def _check_sampling(schedule, guidance: str, scale: float, interval) -> np.ndarray:
+def guided_velocity(model: VelocityFn, guidance: str, scale: float, interval: tuple[float, float] = (0.0, 1.0),
+                    state: GuidanceState | None = None) -> GuidedFn:
+    """The model turned into one guided velocity (arguments are checked here, before any step).
+
+    Guidance runs only when scale > 1 and t is inside the interval; otherwise the model is asked
+    for the conditional branch alone and the APG momentum is left untouched.
+    """
     if guidance not in GUIDANCE_KINDS:
         raise ValueError(f"unknown guidance kind {guidance!r}; use one of: {', '.join(GUIDANCE_KINDS)}")
-    _check_number("guidance scale", scale)
+    scale = _check_number("guidance scale", scale)
+    if len(interval) != 2:
+        raise ValueError(f"cfg interval must be (start, end), got {interval!r}")
+    start, end = float(interval[0]), float(interval[1])
+    in_cfg_interval(1.0, start, end)  # validates the bounds
+    state = GuidanceState() if state is None else state
+
+    def velocity(x: np.ndarray, t: float) -> tuple[np.ndarray, bool]:
+        guided = scale > 1.0 and in_cfg_interval(t, start, end)
+        v_cond, v_null = model(x, t, guided)
+        if not guided:
+            return v_cond, False
+        if v_null is None:
+            raise ValueError("the model returned no unconditional velocity for a guided step")
+        return guide(guidance, v_cond, v_null, scale, state, x=x, t=t), True
+
+    return velocity
+
+
+def euler(x: np.ndarray, schedule: np.ndarray, velocity: GuidedFn,
+          post_step: Callable[[int, np.ndarray, float], np.ndarray] | None = None) -> Iterator[Step]:
+    """Euler over `schedule`, yielding after every step; `post_step(k, x, t_next)` may replace the
+    state after step k (repaint injection). The schedule is checked before the first step."""
     schedule = np.asarray(schedule, dtype=np.float32)
     if schedule.ndim != 1 or schedule.size < 2:
         raise ValueError("schedule must be a 1-D array of at least two noise levels")
-    if len(interval) != 2:
-        raise ValueError(f"cfg interval must be (start, end), got {interval!r}")
-    in_cfg_interval(1.0, *interval)  # validates the bounds
-    return schedule
+    return _euler(np.asarray(x, dtype=np.float32), schedule, velocity, post_step)
 
 
-def iter_sample(x: np.ndarray, schedule: np.ndarray, velocity_fn: VelocityFn, guidance: str = "apg",
-                scale: float = 7.0, interval: tuple[float, float] = (0.0, 1.0),
-                state: GuidanceState | None = None,
-                post_step: Callable[[int, np.ndarray, float], np.ndarray] | None = None) -> Iterator[Step]:
-    """Euler over `schedule`, yielding after every step (arguments are checked before the first).
-
-    `post_step(k, x, t_next)`, when given, may replace the state after step k (repaint injection).
-
-    `velocity_fn(x, t, batch2)` returns (v_cond, v_null) when batch2 is True, else (v_cond, None).
-    Guidance runs only when scale > 1 and t is inside the interval; otherwise the DiT is called on
-    the conditional branch alone and the APG momentum is left untouched.
-    """
-    schedule = _check_sampling(schedule, guidance, scale, interval)
-    state = GuidanceState() if state is None else state
-    return _steps(np.asarray(x, dtype=np.float32), schedule, velocity_fn, guidance, float(scale),
-                  (float(interval[0]), float(interval[1])), state, post_step)
-
-
-def _steps(x, schedule, velocity_fn, guidance, scale, interval, state, post_step=None) -> Iterator[Step]:
+def _euler(x, schedule, velocity, post_step) -> Iterator[Step]:
     total = schedule.size - 1
     for k in range(total):
         t_cur, t_next = float(schedule[k]), float(schedule[k + 1])
-        guided = scale > 1.0 and in_cfg_interval(t_cur, *interval)
-        v_cond, v_null = velocity_fn(x, t_cur, guided)
-        if guided:
-            if v_null is None:
-                raise ValueError("velocity_fn returned no unconditional velocity for a guided step")
-            v = guide(guidance, v_cond, v_null, scale, state, x=x, t=t_cur)
-        else:
-            v = v_cond
+        v, guided = velocity(x, t_cur)
         x = euler_step(x, np.asarray(v, dtype=np.float32), t_cur, t_next)
         if post_step is not None:
             x = post_step(k, x, t_next)
         yield Step(k, total, t_cur, t_next, guided, x)
-
-
-def sample(x: np.ndarray, schedule: np.ndarray, velocity_fn: VelocityFn, guidance: str = "apg",
-           scale: float = 7.0, interval: tuple[float, float] = (0.0, 1.0),
-           callback: Callable[[Step], None] | None = None,
-           cancel: Callable[[], bool] | None = None) -> np.ndarray:
-    """Run every step; `cancel()` is checked before each step, `callback(step)` runs after it."""
-    steps = iter_sample(x, schedule, velocity_fn, guidance, scale, interval)
-    x = np.asarray(x, dtype=np.float32)
-    for _ in range(np.asarray(schedule).size - 1):
-        if cancel is not None and cancel():
-            raise SamplingCancelled("sampling cancelled")
-        step = next(steps)
-        x = step.x
-        if callback is not None:
-            callback(step)
-    return x

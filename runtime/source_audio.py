@@ -8,7 +8,7 @@ import numpy as np
 
 from .audio_io import MODEL_SAMPLE_RATE, AudioError, AudioTooLong, read_audio
 from .postprocess import tile_windows
-from .vocab import HOP_LENGTH
+from .vocab import HOP_LENGTH, MAX_SECONDS
 from .wire import RequestError
 
 # Official tiled encode (ace-step/ACE-Step-1.5 acestep/core/generation/handler/vae_encode*.py):
@@ -20,9 +20,8 @@ REFERENCE_SECONDS = 30
 SEGMENT_SECONDS = 10
 SILENCE_LEVEL = 1e-6  # the handler's is_silence: every |sample| below this
 POSTERIOR_STD_FLOOR = 1e-4  # diffusers OobleckDiagonalGaussianDistribution: std = softplus(scale) + 1e-4
-# The longest source or reference accepted (the render limit, request.DURATION_RANGE); checked from the
+# The longest source or reference accepted is the render limit (vocab.MAX_SECONDS); checked from the
 # header before decoding, so a long 8-kHz data URI cannot expand to gigabytes of float32.
-MAX_SOURCE_SECONDS = 600.0
 # Streams of the posterior-noise generator, so source and reference draws never coincide.
 SOURCE_STREAM, REFERENCE_STREAM = 1, 2
 
@@ -30,7 +29,7 @@ SOURCE_STREAM, REFERENCE_STREAM = 1, 2
 def load(source: str, param: str, task_uuid: str | None) -> np.ndarray:
     """[2, n] float32 at 48 kHz, or a RequestError naming `param` (missing, unreadable, empty, too long)."""
     try:
-        audio = read_audio(source, max_seconds=MAX_SOURCE_SECONDS)
+        audio = read_audio(source, max_seconds=MAX_SECONDS)
     except AudioTooLong as exc:
         raise RequestError(param, f"{param}: {exc}", "valueOutOfRange", task_uuid) from exc
     except AudioError as exc:

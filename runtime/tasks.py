@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vocab import MAX_SECONDS, MIN_FRAMES  # noqa: F401  (MAX_SECONDS: callers read it here)
+from .vocab import MIN_FRAMES
 # Official generate_music: at most 25 latent frames / 0.05 s of crossfade, scaled by 1 − strength.
 MAX_CROSSFADE_FRAMES = 25
 MAX_WAV_CROSSFADE_SECONDS = 0.05

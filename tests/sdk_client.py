@@ -71,7 +71,12 @@ async def run_current(spec: dict) -> list[dict]:
         for case in spec["cases"]:
             start = time.monotonic()
             try:
-                items = await client.run({"taskType": "audioInference", **case["params"]})
+                options = None
+                if case.get("timeout_ms"):
+                    from runware import RunOptions
+
+                    options = RunOptions(timeout=case["timeout_ms"])
+                items = await client.run({"taskType": "audioInference", **case["params"]}, options)
                 out.append({"name": case["name"], "ok": True, "items": items, "seconds": time.monotonic() - start})
             except Exception as exc:  # noqa: BLE001
                 out.append({"name": case["name"], **_error(exc), "seconds": time.monotonic() - start})

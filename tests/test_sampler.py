@@ -10,17 +10,16 @@ import pytest
 
 from acestep_edge.runtime.sampler import (
     GuidanceState,
-    SamplingCancelled,
     adg,
     apg,
     cfg,
     draw_seed,
+    euler,
     euler_step,
     guide,
+    guided_velocity,
     in_cfg_interval,
     initial_noise,
-    iter_sample,
-    sample,
     timesteps,
 )
 
@@ -306,7 +305,7 @@ def test_sampling_loop_interval_batching_and_momentum():
     sched = timesteps(10, 3.0)
     dit = FakeDiT()
     state = GuidanceState()
-    steps = list(iter_sample(x0, sched, dit, "apg", 7.0, (0.0, 0.5), state))
+    steps = list(euler(x0, sched, guided_velocity(dit, "apg", 7.0, (0.0, 0.5), state)))
     assert len(steps) == 10 and [s.index for s in steps] == list(range(10))
     want_guided = [in_cfg_interval(float(t), 0.0, 0.5) for t in sched[:-1]]
     assert 0 < sum(want_guided) < 10
@@ -325,27 +324,33 @@ def test_sampling_loop_interval_batching_and_momentum():
 
 def test_sampling_loop_scale_one_never_batches():
     dit = FakeDiT()
-    sample(initial_noise(1, 8, 4), timesteps(5, 1.0), dit, "cfg", 1.0)
+    list(euler(initial_noise(1, 8, 4), timesteps(5, 1.0), guided_velocity(dit, "cfg", 1.0)))
     assert [b for _, b in dit.calls] == [False] * 5
 
 
-def test_sample_callback_and_cancel():
+def test_euler_steps_and_post_step():
+    steps = list(euler(initial_noise(2, 8, 4), timesteps(4, 3.0), guided_velocity(FakeDiT(), "adg", 3.0)))
+    assert len(steps) == 4 and steps[-1].t_next == 0.0 and all(s.guided for s in steps)
+    # post_step replaces the state after each step; the next step starts from what it returned.
     seen = []
-    out = sample(initial_noise(2, 8, 4), timesteps(4, 3.0), FakeDiT(), "adg", 3.0, callback=seen.append)
-    assert len(seen) == 4 and np.array_equal(out, seen[-1].x) and seen[-1].t_next == 0.0
+
+    def post_step(k, x, t_next):
+        seen.append((k, t_next))
+        return np.zeros_like(x)
+
     dit = FakeDiT()
-    with pytest.raises(SamplingCancelled):
-        sample(initial_noise(2, 8, 4), timesteps(4, 3.0), dit, cancel=lambda: len(dit.calls) >= 2)
-    assert len(dit.calls) == 2
+    out = list(euler(initial_noise(2, 8, 4), timesteps(3, 3.0), guided_velocity(dit, "cfg", 1.0), post_step))
+    assert [k for k, _ in seen] == [0, 1, 2] and not np.any(out[-1].x)
+    assert dit.calls[1][0] == seen[0][1]
 
 
 def test_sampling_loop_validates_up_front():
     x = initial_noise(3, 8, 4)
     with pytest.raises(ValueError, match="guidance"):
-        iter_sample(x, timesteps(4), FakeDiT(), "pag")
+        guided_velocity(FakeDiT(), "pag", 7.0)
     with pytest.raises(ValueError, match="interval"):
-        iter_sample(x, timesteps(4), FakeDiT(), "apg", 7.0, (0.8, 0.2))
+        guided_velocity(FakeDiT(), "apg", 7.0, (0.8, 0.2))
     with pytest.raises(ValueError, match="schedule"):
-        iter_sample(x, np.array([1.0], np.float32), FakeDiT())
+        euler(x, np.array([1.0], np.float32), guided_velocity(FakeDiT(), "apg", 7.0))
     with pytest.raises(ValueError, match="unconditional"):
-        sample(x, timesteps(4), lambda x, t, b: (x, None))
+        list(euler(x, timesteps(4, 3.0), guided_velocity(lambda x, t, b: (x, None), "apg", 7.0)))

@@ -116,9 +116,8 @@ def test_http_raw(server, raw, path, method):
 
 @pytest.fixture(scope="module")
 def socket_(server):
-    sock = ws_client.connect(f"ws://127.0.0.1:{server.port}/v1", max_size=None)
-    yield sock
-    sock.close()
+    with ws_client.connect(f"ws://127.0.0.1:{server.port}/v1", max_size=None) as sock:
+        yield sock
 
 
 @settings(max_examples=120, **SETTINGS)

@@ -270,6 +270,13 @@ def test_protocol_errors_ranges_and_slow_bodies_get_runware_errors(server, monke
     assert status == 416 and answer["errors"][0]["code"] == "invalidRange"
     status, part, headers = server.request("GET", path, headers={"Range": "bytes=0-3"})
     assert status == 206 and part == b"RIFF"
+    from acestep_edge.server import run
+
+    monkeypatch.setattr(run, "HEADER_SECONDS", 1.0)
+    started = time.monotonic()
+    answer = _raw(server.port, b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le", timeout=20)
+    assert time.monotonic() - started < 15
+    assert answer.startswith(b"HTTP/1.1 408") and b"requestTimeout" in answer, answer
     monkeypatch.setattr(routes, "BODY_SECONDS", 1.0)
     started = time.monotonic()
     answer = _raw(server.port, b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n[{", timeout=20)

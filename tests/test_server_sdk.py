@@ -191,3 +191,18 @@ def test_reconnect_mid_render_renders_once(pipeline, tmp_path):
     finally:
         proxy.close()
         live.close()
+
+
+def test_runware_sdk_websocket_frames_over_1_mib_need_its_max_size(server, cli_audio):
+    """10 s of inline WAV (~2.6 MB of base64) is over runware-sdk's default 1 MiB WebSocket frame: the
+    README's note. Its connect hook lifts the limit; the audio is then the CLI's."""
+    url = f"ws://127.0.0.1:{server.port}/v1"
+    case = [{"name": "wav", "params": audio_params(outputFormat="WAV", outputType="base64Data",
+                                                   deliveryMethod="sync")}]
+    (lifted,) = run_sdk("runware-sdk", "websocket", url, case, max_size=True).values()
+    assert lifted["ok"], lifted
+    assert base64.b64decode(lifted["items"][0]["audioBase64Data"]) == cli_audio["WAV"]
+    # With the default limit the frame is refused (close 1009) and the run never completes: bounded here.
+    case[0]["timeout_ms"] = 20_000
+    (default,) = run_sdk("runware-sdk", "websocket", url, case, timeout=180).values()
+    assert not default["ok"] and default["code"] == "timeout", default

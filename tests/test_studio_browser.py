@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from acestep_edge.runtime import vocab
+from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.runtime.request import RequestError, parse_request
 from serverutil import DEMO_BUNDLE, LiveServer
 
@@ -30,6 +32,7 @@ if CHROMIUM is None or DRIVER is None:
     pytest.skip("no headless browser: install Chromium and its driver (Debian: apt-get install -y chromium "
                 "chromium-driver) to drive the web studio", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="the selenium package (dev extra) is not installed")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -68,8 +71,8 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(demo_pipeline, tmp_path_factory):
-    live = LiveServer(demo_pipeline, tmp_path_factory.mktemp("renders"),
+def server(tmp_path_factory):
+    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("renders"),
                       max_body_bytes=LIMIT)
     yield live
     live.close()
@@ -113,7 +116,8 @@ def _task(driver, name: str) -> None:
 def _upload(driver, input_id: str, path: Path, info_id: str) -> None:
     driver.find_element("id", input_id).send_keys(str(path))
     # "name · size · seconds" once read and decoded ("reading name…" before that)
-    WebDriverWait(driver, 90).until(lambda d: d.find_element("id", info_id).text.startswith(path.name + " · "))
+    WebDriverWait(driver, 90).until(lambda d: d.find_element("id", info_id).text.startswith(path.name + " · "),
+                                    f"{path.name} was not read and decoded")
 
 
 def _settle(driver) -> None:
@@ -151,11 +155,15 @@ def _render(driver) -> dict:
     before = len(driver.find_elements("css selector", "#results-list li"))
     driver.find_element("id", "render").click()
     wait = WebDriverWait(driver, 240)  # a loaded CI machine renders slowly
-    wait.until(lambda d: d.find_element("id", "status").text == "done"
-               or "bad" in (d.find_element("id", "status").get_attribute("class") or ""))
+    try:
+        wait.until(lambda d: d.find_element("id", "status").text == "done"
+                   or "bad" in (d.find_element("id", "status").get_attribute("class") or ""))
+    except TimeoutException:
+        raise AssertionError(f"the render did not end; status: {driver.find_element('id', 'status').text!r}") from None
     assert driver.find_element("id", "status").text == "done", driver.find_element("id", "status").text
     wait.until(lambda d: len(d.find_elements("css selector", "#results-list li")) == before + 1
-               and d.find_element("css selector", "#results-list li").get_attribute("data-seconds"))
+               and d.find_element("css selector", "#results-list li").get_attribute("data-seconds"),
+               "the result card was not drawn")
     card = driver.find_element("css selector", "#results-list li")
     played = driver.execute_async_script(PLAY_NEWEST)
     assert played.get("error") is None and played["time"] > 0, played  # it plays
@@ -202,7 +210,10 @@ def _shown(driver, element_id: str) -> bool:
 
 def test_repaint_window_dragged_on_the_waveform_renders_the_cli_bytes(page, server, clips, tmp_path):
     _task(page, "repaint")
-    assert not _shown(page, "duration") and not _shown(page, "track") and not _shown(page, "coverscale")
+    # Only the fields the validator lets repaint take (runtime/vocab.py).
+    assert not _shown(page, "duration") and not _shown(page, "track") and not _shown(page, "classes")
+    assert _shown(page, "strength") == ("repaint" in vocab.STRENGTH_TASKS)
+    assert _shown(page, "coverscale") == ("repaint" in vocab.COVER_SCALE_TASKS)
     _upload(page, "source-file", clips["source"], "source-info")
     _drag(page, 2.0, 6.5)
     assert page.find_element("id", "wstart").get_attribute("value") == "2.0"
@@ -262,7 +273,8 @@ def test_outpainting_drag_extends_three_seconds_each_side(page, clips):
 
 def test_extract_with_a_track_name(page, clips):
     _task(page, "extract")
-    assert _shown(page, "track") and not _shown(page, "wstart") and not _shown(page, "strength")
+    assert _shown(page, "track") and not _shown(page, "wstart") and not _shown(page, "mode")
+    assert _shown(page, "strength") == ("extract" in vocab.STRENGTH_TASKS)
     _upload(page, "source-file", clips["source"], "source-info")
     Select(page.find_element("id", "track")).select_by_value("drums")
     _common(page, seed=13)
@@ -308,6 +320,7 @@ def test_lego_and_complete(page, clips, task):
         _drag(page, 4.0, 8.0)
     else:
         assert _shown(page, "classes") and not _shown(page, "track") and not _shown(page, "wstart")
+        assert not _shown(page, "duration")  # the source sets the length
         for name in ("drums", "bass"):
             page.find_element("css selector", f'#classes input[value="{name}"]').click()
     _common(page, seed=15)
@@ -377,7 +390,8 @@ def test_remix_from_a_result(page, server):
     # The result becomes the next task's source, fetched from the server, not downloaded by hand.
     src = card.find_element("css selector", "audio").get_attribute("src")
     card.find_element("xpath", ".//button[text()='use as source']").click()
-    WebDriverWait(page, 90).until(lambda d: "10.00 s" in d.find_element("id", "source-info").text)
+    WebDriverWait(page, 90).until(lambda d: "10.00 s" in d.find_element("id", "source-info").text,
+                                  "the result did not become the source")
     request = _request(page)
     assert request["settings"]["task"] == "cover"
     status, result_bytes, _ = server.request("GET", src.removeprefix(server.base))
@@ -406,6 +420,45 @@ def test_a_file_dropped_on_the_reference_box(page):
     assert _request(page)["settings"]["referenceAudio"].startswith("data:audio/wav;base64,UklGR")
 
 
+def test_adapter_picker(browser, tmp_path_factory):
+    from test_lora_server import _peft  # the adapter writer of the server's adapter tests
+
+    loras = tmp_path_factory.mktemp("loras")
+    _peft(loras / "style")
+    (loras / "old.bin").write_bytes(b"\x80\x04pickle")
+    live = LiveServer(Pipeline.load(DEMO_BUNDLE, threads=1), tmp_path_factory.mktemp("lora-renders"),
+                      lora_dir=str(loras))
+    try:
+        browser.get(live.base + "/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "lora-box").is_displayed(), "no adapter picker")
+        rows = {r.get_attribute("data-name"): r for r in browser.find_elements("css selector", "#loras .lora")}
+        assert set(rows) == {"style", "old.bin"}
+        assert not rows["old.bin"].find_element("css selector", "input[type=checkbox]").is_enabled()  # pickle: refused
+        rows["style"].find_element("css selector", "input[type=checkbox]").click()
+        weight = rows["style"].find_element("css selector", ".weight")
+        weight.clear()
+        weight.send_keys("3")
+        _fill(browser, "duration", "10")
+        _common(browser, seed=31)
+        _settle(browser)
+        request = _request(browser)
+        assert request["lora"] == [{"model": "style", "weight": 3}]
+        with pytest.raises(RequestError) as caught:
+            parse_request(request)
+        box = browser.find_element("id", "lora-box")
+        assert box.find_element("css selector", ".err").text == caught.value.message  # lora[0].weight's own words
+        weight.clear()
+        weight.send_keys("0.5")
+        assert _request(browser)["lora"] == [{"model": "style", "weight": 0.5}]
+        result = _render(browser)
+        assert abs(result["seconds"] - 10.0) < 0.01
+        status, listing, _ = live.request("GET", "/v1/renders")
+        assert status == 200 and listing["data"][0]["status"] == "success"
+    finally:
+        live.close()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
 def test_task_selector_from_the_keyboard(page):
     _task(page, "text2music")  # the click leaves the focus on the radio group
     for _ in range(2):
@@ -421,6 +474,4 @@ def test_readable_at_1280_and_narrow(page):
         page.set_window_size(width, 800)
         page.execute_async_script("setTimeout(arguments[0], 200)")
         assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
-        if os.environ.get("ACESTEP_EDGE_SCREENSHOTS"):
-            page.save_screenshot(str(Path(os.environ["ACESTEP_EDGE_SCREENSHOTS"]) / f".viewport-{width}.png"))
     page.set_window_size(1280, 800)

@@ -87,8 +87,7 @@ def _render_once(pipeline, request, noise, out_dir: Path) -> dict:
     write_audio(out_dir / "bench.wav", result.audio, result.sample_rate, "WAV")
     end = time.perf_counter()
     timings = result.metadata["timings"]
-    defaults = pipeline.bundle.sampler_defaults
-    chunks = len(tile_windows(cond.frames, defaults.get("vae_chunk", 512), defaults.get("vae_overlap", 64)))
+    chunks = len(tile_windows(cond.frames, pipeline.defaults.vae_chunk, pipeline.defaults.vae_overlap))
     return {"text_encoder_s": timings["text_encoder"], "condition_encoder_s": timings["condition_encoder"],
             "calls": list(render.dit.calls), "vae_total_s": timings["vae_decoder"], "vae_chunks": chunks,
             "write_s": end - write_start, "end_to_end_s": end - start, "frames": cond.frames,
@@ -119,7 +118,7 @@ def bench_onnx(bundle: str | Path, provider: str, threads: int | None, durations
     manifest = pipeline.bundle.manifest
     cfg = manifest["model"]["dit"]
     precision = manifest["graphs"]["dit"].get("precision", "fp32")
-    shift = pipeline.bundle.sampler_defaults.get("shift", 3.0)
+    shift = pipeline.defaults.shift
     records = []
     with tempfile.TemporaryDirectory(prefix="acestep-bench-") as tmp:
         for duration in durations:

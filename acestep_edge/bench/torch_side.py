@@ -99,6 +99,7 @@ def bench_torch(checkpoint: Path, manifest: dict, dtype: str, device: str, threa
                 steps: int, repeats: int, log=print) -> list[dict]:
     from acestep_edge.models.reference import ReferencePipeline, finish_audio
     from acestep_edge.runtime import sampler
+    from acestep_edge.runtime.defaults import resolve
     from acestep_edge.runtime.request import parse_request
 
     if threads:
@@ -112,7 +113,7 @@ def bench_torch(checkpoint: Path, manifest: dict, dtype: str, device: str, threa
     cond = _Timer(ref.acestep.encoder, device)
     vae = _Timer(ref.vae.decoder if hasattr(ref.vae, "decoder") else ref.vae, device)
     cfg = ref.preset.dit
-    shift = manifest.get("sampler_defaults", {}).get("shift", 3.0)
+    shift = resolve(manifest.get("sampler_defaults")).shift
     peak = torch_gemm_peak(dtype, device)
     records = []
     for duration in durations:

@@ -19,14 +19,34 @@ from .jobs import Renderer
 from .wire import entry
 
 log = logging.getLogger("acestep_edge.server")
-COLLECT_SECONDS = 10.0  # after the drain's last render: time for clients to fetch its result
+COLLECT_SECONDS = 10.0
+HEADER_SECONDS = 30.0  # a client that has not sent a whole request head by then is cut off (408)  # after the drain's last render: time for clients to fetch its result
 # Test-only hook (never set in production): seconds each render step sleeps, so the tiny demo bundle
 # renders as long as a real one (tests of the SDKs' ping timing and reconnects).
 STEP_DELAY_ENV = "ACESTEP_EDGE_TEST_STEP_DELAY"
 
 
 class JSONErrorProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, answering unparseable requests with a Runware error object."""
+    """uvicorn's HTTP/1.1 protocol, answering unparseable requests with a Runware error object, and closing
+    connections whose request head does not arrive within HEADER_SECONDS (uvicorn itself waits forever)."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_timeout)
+
+    def connection_lost(self, exc) -> None:
+        self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _head_timeout(self) -> None:
+        if self.cycle is not None or self.transport.is_closing():
+            return  # a request arrived (its body has its own timeout in the route)
+        body = json.dumps({"errors": [entry("requestTimeout", f"request: no complete request head within "
+                                            f"{HEADER_SECONDS:.0f} s", "request", None, None)]}).encode()
+        # Raw bytes: h11 cannot start a response to a request it has not parsed.
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         import h11

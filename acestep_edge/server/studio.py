@@ -26,6 +26,9 @@ def studio_config(max_body_bytes: int) -> dict:
         "maxBodyBytes": max_body_bytes,
         "model": vocab.MODEL_ID,
         "tasks": list(vocab.TASKS), "sourceTasks": list(vocab.SOURCE_TASKS), "windowTasks": list(vocab.WINDOW_TASKS),
+        # Which fields each task takes: the page shows a field only for these tasks.
+        "sourceOptionalTasks": list(vocab.SOURCE_OPTIONAL_TASKS), "strengthTasks": list(vocab.STRENGTH_TASKS),
+        "coverScaleTasks": list(vocab.COVER_SCALE_TASKS), "trackTasks": list(vocab.TRACK_TASKS),
         "trackNames": list(vocab.TRACK_NAMES), "repaintModes": list(vocab.REPAINT_MODES),
         "languages": list(vocab.VALID_LANGUAGES), "guidanceTypes": list(vocab.GUIDANCE_TYPES),
         "formats": list(FORMATS), "noiseSources": list(noise.SOURCES), "gpuPresets": list(noise.GPU_PRESETS),

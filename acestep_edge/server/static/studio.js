@@ -10,10 +10,10 @@ const $ = (id) => document.getElementById(id);
 const HELP = {
   text2music: "Music from a prompt and lyrics.",
   cover: "A new rendition of the source: strength sets how far it may move, a timbre reference lends its sound.",
-  repaint: "Re-render a window of the source. Drag on the waveform; drag past either end to outpaint.",
+  repaint: "Re-render a window of the source (none: all of it). Drag on the waveform; drag past either end to outpaint.",
   extract: "Pull one track (e.g. the drums) out of the source.",
   lego: "Add a track to the source, optionally inside a window only.",
-  complete: "Add the chosen tracks to the source.",
+  complete: "Add the chosen tracks to the source, or render them from silence without one.",
 };
 const TIMESIG_BEATS = { 2: 2, 3: 3, 4: 4, 6: 6 };
 // `touched`: fields edited so far; the live check marks only those (a fresh form is not all red).
@@ -35,7 +35,10 @@ function headers(json) {
   return h;
 }
 
-function setStatus(text, bad) { $("status").textContent = text; $("status").className = bad ? "bad" : ""; }
+// `fromCheck`: the text is the live check's, so a later check may clear it (never a render's "done").
+function setStatus(text, bad, fromCheck = false) {
+  $("status").textContent = text; $("status").className = bad ? "bad" : ""; state.checkShown = fromCheck;
+}
 const task = () => document.querySelector('input[name="task"]:checked').value;
 const shows = (el, t) => !el.dataset.tasks || el.dataset.tasks.split(" ").includes(t);
 
@@ -94,6 +97,9 @@ window.acestepStudio = { requestText, buildTask };
 
 function update() {
   const t = task();
+  // complete may go without a source (its length is then `duration`); with one, the source sets it.
+  const optional = state.config ? state.config.sourceOptionalTasks || [] : [];
+  $("duration").closest("[data-tasks]").dataset.tasks = ["text2music", ...(source.audio ? [] : optional)].join(" ");
   document.querySelectorAll("[data-tasks]").forEach((el) => { el.hidden = !shows(el, t); });
   $("task-help").textContent = HELP[t];
   $("noisegpu-field").hidden = $("noise").value !== "torch-cuda"; // the GPU shapes the torch-cuda draw only
@@ -112,10 +118,10 @@ function showErrors(errors, live = false) {
   const loose = [];
   const own = Object.entries(state.localErrors).map(([parameter, message]) => ({ parameter, message, own: true }));
   for (const e of [...own, ...errors]) {
-    if (live && !e.own && !state.all && e.parameter && !state.touched.has(e.parameter)) continue;
     // "lora[1].weight" has no field of its own: its list's box (the part before the first "[" or ".").
     const find = (p) => p && document.querySelector(`[data-param="${p}"]`);
     const box = find(e.parameter) || find(e.parameter && e.parameter.split(/[[.]/)[0]);
+    if (live && !e.own && !state.all && !(box && state.touched.has(box.dataset.param))) continue;
     if (!box || box.closest("[hidden]")) { loose.push(e.message); continue; }
     box.querySelector(".err").textContent = e.message;
     const input = box.querySelector("input, select, textarea, canvas");
@@ -147,7 +153,7 @@ async function check() {
     if (seq !== state.checkSeq) return;
     state.lastCheck = body.errors || [];
     const loose = showErrors(state.lastCheck, true);
-    if (!state.current) setStatus(loose.join("; "), loose.length > 0);
+    if (!state.current && (loose.length || state.checkShown)) setStatus(loose.join("; "), loose.length > 0, true);
   } catch (err) { /* the server is away: the render will say so */ }
 }
 
@@ -240,6 +246,7 @@ function onEvent(name, data, record) {
 async function render(event) {
   event.preventDefault();
   state.all = true; // from the first render on, every field's error shows
+  clearTimeout(state.checkTimer); state.checkSeq++; // a check still on its way must not overwrite the render's status
   const sent = buildTask();
   const record = { task: sent, source: source.audio, reference: reference.audio, window: readWindow() };
   $("render").disabled = true; $("progress").value = 0; setStatus("sending…");
@@ -368,6 +375,12 @@ async function loadAdapters() {
 
 async function start() {
   try { state.config = await (await fetch("/studio/config")).json(); } catch (err) { state.config = null; }
+  // Which fields each task takes, from the server's vocabulary (the HTML's data-tasks are the fallback).
+  const c = state.config || {};
+  const tasksOf = { "source-box": c.sourceTasks, "window-grid": c.windowTasks };
+  const fieldsOf = { track: c.trackTasks, strength: c.strengthTasks, coverscale: c.coverScaleTasks };
+  for (const [id, list] of Object.entries(tasksOf)) if (list) $(id).dataset.tasks = list.join(" ");
+  for (const [id, list] of Object.entries(fieldsOf)) if (list) $(id).closest("[data-tasks]").dataset.tasks = list.join(" ");
   const names = state.config ? state.config.trackNames : [];
   for (const n of names) $("track").append(new Option(n, n));
   $("classes").replaceChildren(...names.map((n) => {

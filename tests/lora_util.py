@@ -4,6 +4,8 @@ and renamed copies in the ComfyUI and diffusers conventions. Imported by the ada
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import uuid
 from pathlib import Path
 
@@ -111,3 +113,39 @@ def renamed_copies(peft_dir: Path, out: Path) -> tuple[Path, Path]:
 
 def rel(a, b) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict | None = None, dtype: str = "F32") -> Path:
+    """The safetensors layout (u64 header length, JSON header, raw little-endian data) written without the
+    safetensors package, so torch-free and server-only tests can make adapter files."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        array = np.asarray(array, np.float32)
+        if dtype == "BF16":
+            data = (array.view(np.uint32) >> 16).astype("<u2").tobytes()
+        elif dtype == "F16":
+            data = array.astype("<f2").tobytes()
+        else:
+            data = array.astype("<f4").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+    return path
+
+
+def with_dit_of(base: Path, dit_bundle: Path, out: Path) -> Path:
+    """The fp32 bundle with its DiT replaced by `dit_bundle`'s: what `--precision int8|int4` writes, since
+    those precisions leave every other graph fp32 (exporting only the DiT keeps the tests quick)."""
+    shutil.copytree(base, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = json.loads((dit_bundle / "manifest.json").read_text())["graphs"]["dit"]
+    for key in ("file", "data"):
+        if entry.get(key):
+            shutil.copyfile(dit_bundle / entry[key], out / entry[key])
+    manifest["graphs"]["dit"] = entry
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

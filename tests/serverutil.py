@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import uvicorn  # the [server] extra: modules importing this file are marked `server`
 
 import acestep_edge
@@ -17,6 +18,26 @@ from acestep_edge.server.run import JSONErrorProtocol
 
 DEMO_BUNDLE = acestep_edge.DEMO_BUNDLE
 TIMEOUT = 60  # seconds any single HTTP exchange may take in these tests
+
+
+# The intra-op thread count of the session's demo pipeline and of the CLI runs the server's audio is
+# compared with, so the bytes are identical.
+CLI_THREADS = 1
+
+
+# Fixtures shared by the server test modules (import them by name: pytest picks up imported fixtures).
+@pytest.fixture(scope="module")
+def pipeline(demo_pipeline):
+    assert demo_pipeline.bundle.options.threads == CLI_THREADS
+    return demo_pipeline
+
+
+@pytest.fixture(scope="module")
+def server(pipeline, tmp_path_factory):
+    """A live server with the default options on the demo pipeline, one per module."""
+    live = LiveServer(pipeline, tmp_path_factory.mktemp("renders"))
+    yield live
+    live.close()
 
 
 class LiveServer:

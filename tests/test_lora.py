@@ -3,13 +3,11 @@ peft / LyCORIS themselves, stacking, weight 0, every precision, renamed copies, 
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 
-from lora_util import attention_root, lokr_adapter, peft_adapter, reference_params, rel, renamed_copies, request
+from lora_util import (attention_root, lokr_adapter, peft_adapter, reference_params, rel, renamed_copies, request,
+                       with_dit_of)
 
 pytestmark = pytest.mark.export
 
@@ -21,17 +19,6 @@ def _noise():
     return np.random.default_rng(NOISE_SEED).standard_normal((1, 250, 64)).astype(np.float32)
 
 
-def _with_dit_of(base, dit_bundle, out):
-    """The fp32 bundle with its DiT replaced by `dit_bundle`'s (what --precision int8/int4 write)."""
-    shutil.copytree(base, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    entry = json.loads((dit_bundle / "manifest.json").read_text())["graphs"]["dit"]
-    for key in ("file", "data"):
-        if entry.get(key):
-            shutil.copyfile(dit_bundle / entry[key], out / entry[key])
-    manifest["graphs"]["dit"] = entry
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +36,7 @@ def _precision_bundle(bundles, tiny_official, root, precision):
     if precision == "fp16":
         return export_bundle(tiny_official, root / "fp16", precision="fp16", graphs=RENDER_GRAPHS, parity=False)
     dit = export_bundle(tiny_official, root / f"{precision}-dit", precision=precision, graphs=["dit"], parity=False)
-    return _with_dit_of(bundles["fp32"], dit, root / precision)
+    return with_dit_of(bundles["fp32"], dit, root / precision)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +193,7 @@ def test_bundle_without_adapter_inputs_is_refused(bundles, adapters, tiny_offici
     from acestep_edge.runtime.request import RequestError
 
     old = export_bundle(tiny_official, tmp_path / "old-dit", graphs=["dit"], parity=False, adapter_targets="none")
-    bundle = _with_dit_of(bundles["fp32"], old, tmp_path / "old")
+    bundle = with_dit_of(bundles["fp32"], old, tmp_path / "old")
     pipe = Pipeline.load(bundle, threads=2)
     with pytest.raises(RequestError, match="no adapter inputs.*re-run `.*export") as info:
         pipe.generate(request(steps=2, lora=[{"model": str(adapters["a"])}]))
@@ -238,7 +225,7 @@ def test_mlp_adapter_on_attention_mlp_bundle_matches_peft(bundles, tiny_official
 
     dit = export_bundle(tiny_official, tmp_path / "mlp-dit", graphs=["dit"], parity=False,
                         adapter_targets="attention+mlp")
-    bundle = _with_dit_of(bundles["fp32"], dit, tmp_path / "mlp")
+    bundle = with_dit_of(bundles["fp32"], dit, tmp_path / "mlp")
     folder = tmp_path / "mlp_lora"
     peft_adapter(load_checkpoint(tiny_official, "official").acestep.decoder, folder, r=3, alpha=6, seed=4,
                  targets=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])

@@ -4,30 +4,17 @@ nothing rendered or written. Runs on the committed demo bundle (torch-free); ada
 from __future__ import annotations
 
 import json
-import struct
 import uuid
 
 import numpy as np
 import pytest
 from acestep_edge.runtime.pipeline import Pipeline
+from lora_util import write_safetensors
 from serverutil import DEMO_BUNDLE, LiveServer
 
 pytestmark = pytest.mark.server
 
 
-def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
-    """The safetensors layout (u64 header length, JSON header, raw little-endian float32), written without the
-    safetensors package so this test needs only the server extra."""
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        data = np.ascontiguousarray(array, "<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(np.shape(array)), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
 def _peft(folder, fin=64, fout=64, layer=0, module="self_attn.q_proj", r=4, b_rank=None, nan=False):

@@ -4,7 +4,6 @@ scales, stacking into feeds, `--lora` parsing."""
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -13,26 +12,9 @@ from acestep_edge.runtime.adapter_formats import AdapterError, load_adapter, lok
 from acestep_edge.runtime.adapters import Adapters, LoraRef, cli_refs
 from acestep_edge.runtime.request import RequestError
 from acestep_edge.runtime.safetensors_io import load
+from lora_util import write_safetensors
 
 
-def _write(path, tensors: dict, metadata=None, dtype="F32"):
-    header, blobs, offset = {}, [], 0
-    for name, array in tensors.items():
-        array = np.asarray(array, np.float32)
-        if dtype == "BF16":
-            data = (array.view(np.uint32) >> 16).astype("<u2").tobytes()
-        elif dtype == "F16":
-            data = array.astype("<f2").tobytes()
-        else:
-            data = array.astype("<f4").tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
-    return path
 
 
 def _rng(seed=0):
@@ -66,9 +48,10 @@ def test_lokr_factors_are_exact(form):
 
 
 def test_lokr_tucker_and_dora_are_refused(tmp_path):
-    f = _write(tmp_path / "t.safetensors", {"lycoris_layers_0_self_attn_q_proj.lokr_w1": np.ones((2, 2)),
-                                            "lycoris_layers_0_self_attn_q_proj.lokr_w2": np.ones((2, 2)),
-                                            "lycoris_layers_0_self_attn_q_proj.lokr_t2": np.ones((2, 2, 1, 1))})
+    f = write_safetensors(tmp_path / "t.safetensors",
+                          {"lycoris_layers_0_self_attn_q_proj.lokr_w1": np.ones((2, 2)),
+                           "lycoris_layers_0_self_attn_q_proj.lokr_w2": np.ones((2, 2)),
+                           "lycoris_layers_0_self_attn_q_proj.lokr_t2": np.ones((2, 2, 1, 1))})
     with pytest.raises(AdapterError, match="Tucker"):
         load_adapter(f)
 
@@ -90,13 +73,13 @@ def test_module_keys(key, want):
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
 def test_safetensors_reader_dtypes(tmp_path, dtype):
     x = np.array([[1.0, -2.5, 0.15625], [3.0, 0.0, -0.5]], np.float32)  # exact in bf16 and fp16
-    tensors, meta = load(_write(tmp_path / "x.safetensors", {"x": x}, {"k": "v"}, dtype))
+    tensors, meta = load(write_safetensors(tmp_path / "x.safetensors", {"x": x}, {"k": "v"}, dtype))
     assert meta == {"k": "v"} and tensors["x"].dtype == np.float32
     np.testing.assert_array_equal(tensors["x"], x)
 
 
 def test_truncated_file_is_refused(tmp_path):
-    f = _write(tmp_path / "x.safetensors", {"x": np.ones((4, 4))})
+    f = write_safetensors(tmp_path / "x.safetensors", {"x": np.ones((4, 4))})
     f.write_bytes(f.read_bytes()[:-8])
     with pytest.raises(AdapterError, match="truncated"):
         load_adapter(f)
@@ -117,11 +100,13 @@ def test_feeds_scale_stack_and_pad(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     (one / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4, "use_rslora": True}))
-    _write(one / "adapter_model.safetensors", {"base_model.model.layers.1.self_attn.q_proj.lora_A.weight": a1,
-                                               "base_model.model.layers.1.self_attn.q_proj.lora_B.weight": b1})
-    two = _write(tmp_path / "two.safetensors", {"diffusion_model.layers.0.self_attn.q_proj.lora_down.weight": a2,
-                                                "diffusion_model.layers.0.self_attn.q_proj.lora_up.weight": b2,
-                                                "diffusion_model.layers.0.self_attn.q_proj.alpha": np.array(6.0)})
+    write_safetensors(one / "adapter_model.safetensors",
+                      {"base_model.model.layers.1.self_attn.q_proj.lora_A.weight": a1,
+                       "base_model.model.layers.1.self_attn.q_proj.lora_B.weight": b1})
+    two = write_safetensors(tmp_path / "two.safetensors",
+                            {"diffusion_model.layers.0.self_attn.q_proj.lora_down.weight": a2,
+                             "diffusion_model.layers.0.self_attn.q_proj.lora_up.weight": b2,
+                             "diffusion_model.layers.0.self_attn.q_proj.alpha": np.array(6.0)})
     adapters = Adapters(_kinds_graph())
     feeds = adapters.resolve((LoraRef(str(one), 0.5), LoraRef(str(two), -1.0))).feeds
     a, b = feeds["lora_a.self_attn.q_proj"], feeds["lora_b.self_attn.q_proj"]
@@ -135,9 +120,10 @@ def test_feeds_scale_stack_and_pad(tmp_path):
 
 
 def test_trigger_words_from_sidecar_and_metadata(tmp_path):
-    f = _write(tmp_path / "style.safetensors", {"layers.0.self_attn.q_proj.lora_A.weight": np.ones((1, 8)),
-                                                "layers.0.self_attn.q_proj.lora_B.weight": np.ones((8, 1))},
-               {"trigger_words": '["lofi", "tape"]'})
+    f = write_safetensors(tmp_path / "style.safetensors",
+                          {"layers.0.self_attn.q_proj.lora_A.weight": np.ones((1, 8)),
+                           "layers.0.self_attn.q_proj.lora_B.weight": np.ones((8, 1))},
+                          {"trigger_words": '["lofi", "tape"]'})
     (tmp_path / "style.json").write_text(json.dumps({"triggerWords": ["tape", "warm"]}))
     assert load_adapter(f).trigger_words == ["lofi", "tape", "warm"]
 

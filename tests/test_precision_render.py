@@ -5,7 +5,6 @@ exceeds the fp16 range renders without NaN or Inf."""
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 
 import numpy as np
@@ -17,6 +16,7 @@ from acestep_edge.export.bundle import export_bundle
 from acestep_edge.export.parity import stft_log_magnitude_distance
 from acestep_edge.export.precision import RENDER_BUDGETS
 from acestep_edge.runtime.pipeline import Pipeline
+from lora_util import with_dit_of
 
 pytestmark = pytest.mark.export  # torch, onnx and the export side
 
@@ -31,18 +31,6 @@ def _request(seed=5):
                          "vocalLanguage": "en", "guidanceType": "apg"}}
 
 
-def _with_dit_of(base, dit_bundle, out):
-    """The fp32 bundle with its DiT replaced by `dit_bundle`'s: what `--precision int8|int4` writes, since
-    those precisions leave every other graph fp32 (exporting only the DiT keeps this test quick)."""
-    shutil.copytree(base, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    entry = json.loads((dit_bundle / "manifest.json").read_text())["graphs"]["dit"]
-    for key in ("file", "data"):
-        if entry.get(key):
-            shutil.copyfile(dit_bundle / entry[key], out / entry[key])
-    manifest["graphs"]["dit"] = entry
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def bundles(tiny_official, tiny_fp32_bundle, tmp_path_factory):
     for precision in ("int8", "int4"):
         dit = export_bundle(tiny_official, root / f"{precision}-dit", precision=precision, graphs=["dit"],
                             parity=precision == "int8")
-        out[precision] = _with_dit_of(out["fp32"], dit, root / precision)
+        out[precision] = with_dit_of(out["fp32"], dit, root / precision)
     return out
 
 

@@ -15,12 +15,13 @@ import pytest
 from acestep_edge.runtime.audio_io import encode_audio_bytes
 from acestep_edge.runtime.request import RequestError, parse_request
 from acestep_edge.runtime.response import error_response
-from serverutil import DEMO_BUNDLE, LiveServer, task
+from serverutil import (  # noqa: F401 (pipeline, server: shared fixtures)
+    CLI_THREADS as THREADS, DEMO_BUNDLE, LiveServer, task, pipeline, server,
+)
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLES = TESTS.parent / "examples" / "requests"
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.glob("*.json") if not p.name.endswith(".response.json"))
-THREADS = 1  # the same intra-op thread count as the CLI runs below, so the audio is bit-identical
 
 
 def _load_tests(name: str):
@@ -32,19 +33,6 @@ def _load_tests(name: str):
 
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    assert demo_pipeline.bundle.options.threads == THREADS
-    return demo_pipeline
-
-
-@pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
-    live = LiveServer(pipeline, tmp_path_factory.mktemp("renders"))
-    yield live
-    live.close()
 
 
 def run_cli(*args, stdin: str, cwd):

@@ -10,17 +10,12 @@ import uuid
 import numpy as np
 import pytest
 import soundfile as sf
-from serverutil import DEMO_BUNDLE, LiveServer
+from serverutil import DEMO_BUNDLE, LiveServer, pipeline  # noqa: F401 (pipeline: shared fixtures)
 
 GUARD_CODES = ("invalidPath", "invalidFormat")
 
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

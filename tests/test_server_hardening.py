@@ -14,22 +14,10 @@ import uuid
 import numpy as np
 import pytest
 import soundfile as sf
-from serverutil import LiveServer, task
+from serverutil import LiveServer, task, pipeline, server  # noqa: F401 (pipeline, server: shared fixtures)
 
 pytestmark = pytest.mark.server
 EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Overflow)\b|Traceback")
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    return demo_pipeline
-
-
-@pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
-    live = LiveServer(pipeline, tmp_path_factory.mktemp("renders"))
-    yield live
-    live.close()
 
 
 def _raw(port: int, data: bytes, timeout: float = 30) -> bytes:

@@ -15,17 +15,12 @@ import uuid
 
 import pytest
 from acestep_edge.runtime.audio_io import encode_audio_bytes
-from serverutil import DEMO_BUNDLE, LiveServer, task
+from serverutil import DEMO_BUNDLE, LiveServer, task, pipeline  # noqa: F401 (pipeline: shared fixtures)
 
 LONG = {"duration": 30, "steps": 200}  # several seconds on the tiny bundle: long enough to cancel mid-way
 
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    return demo_pipeline
 
 
 def _files(folder):

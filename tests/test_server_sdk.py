@@ -12,23 +12,11 @@ import uuid
 
 import pytest
 from sdkutil import Proxy, audio_params, run_sdk, sdk_path
-from serverutil import DEMO_BUNDLE, LiveServer
+from serverutil import (  # noqa: F401 (pipeline, server: shared fixtures)
+    CLI_THREADS as THREADS, DEMO_BUNDLE, LiveServer, pipeline, server,
+)
 
 pytestmark = pytest.mark.server
-THREADS = 1  # as the CLI run below, so the audio is bit-identical
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    assert demo_pipeline.bundle.options.threads == THREADS
-    return demo_pipeline
-
-
-@pytest.fixture(scope="module")
-def server(pipeline, tmp_path_factory):
-    live = LiveServer(pipeline, tmp_path_factory.mktemp("renders"))
-    yield live
-    live.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,10 @@ import time
 import uuid
 
 import pytest
-from serverutil import LiveServer, task
+from serverutil import LiveServer, task, pipeline  # noqa: F401 (pipeline: shared fixtures)
 
 pytestmark = pytest.mark.server
 ws_client = pytest.importorskip("websockets.sync.client", reason="the [server] extra (websockets) is not installed")
-
-
-@pytest.fixture(scope="module")
-def pipeline(demo_pipeline):
-    return demo_pipeline
 
 
 @pytest.fixture(scope="module")

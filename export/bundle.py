@@ -18,7 +18,9 @@ from acestep_edge.export.graphs import GRAPH_NAMES, graph_specs
 from acestep_edge.export.manifest import build_manifest, default_command, graph_entry, write_files
 from acestep_edge.export.onnx_export import ExportError, attention_record, export_program, save_program
 from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan
-from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
+from acestep_edge.export.token_chunks import chunk_record
+from acestep_edge.kernels.lowering import (DEFAULT_QUERY_BLOCK, check_full_attention, check_mlp_chunk,
+                                           check_sliding_attention)
 from acestep_edge.models.checkpoint import load_checkpoint
 
 # Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
@@ -37,6 +39,8 @@ def export_bundle(
     ops: str | None = None,
     full_attention: str = "auto",
     query_block: int | None = None,
+    sliding_attention: str = "auto",
+    mlp_chunk: int | None = None,
     graphs: Iterable[str] | None = None,
     parity: bool = True,
     adapter_targets: str = "attention",
@@ -51,8 +55,9 @@ def export_bundle(
     `graph_precision` per-graph overrides ("vae_decoder=fp16,..." or a dict), `target` the provider the
     int8/int4 schemes are chosen for (cpu or gpu). A graph whose measured error exceeds its budget
     fails the export unless `allow_over_budget` (then its manifest entry says so). `ops`,
-    `full_attention` and `query_block` choose the kernels' ONNX lowering (kernels/lowering.py; ops
-    None traces the eager torch code); each graph's manifest entry records what it got (`attention`).
+    `full_attention`, `query_block`, `sliding_attention` and `mlp_chunk` choose the kernels' ONNX lowering
+    (kernels/lowering.py; ops None traces the eager torch code); each graph's manifest entry records
+    what it got (`attention`, `mlp`).
     `adapter_targets` (none, attention, attention+mlp) chooses the DiT's LoRA side-path inputs
     (export/adapter_paths.py).
     """
@@ -64,6 +69,9 @@ def export_bundle(
     if target not in ("cpu", "gpu"):
         raise ValueError(f"target must be cpu or gpu, got {target!r}")
     check_full_attention(full_attention, DEFAULT_QUERY_BLOCK if query_block is None else query_block)
+    check_sliding_attention(sliding_attention)
+    if mlp_chunk is not None:
+        check_mlp_chunk(mlp_chunk)
     _check_out(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -72,11 +80,11 @@ def export_bundle(
     try:
         job_args = dict(precision=precision, plan=graph_plan, target=target, allow_over_budget=allow_over_budget,
                         ops=ops, full_attention=full_attention, query_block=query_block, parity=parity, log=log,
-                        adapter_targets=adapter_targets)
+                        adapter_targets=adapter_targets, sliding_attention=sliding_attention, mlp_chunk=mlp_chunk)
         manifest = _write_contents(Path(checkpoint), tmp, layout, job_args, names)
         manifest["export"]["command"] = command or default_command(checkpoint, out, layout, precision, ops,
                                                                    overrides, target, full_attention, query_block,
-                                                                   adapter_targets)
+                                                                   adapter_targets, sliding_attention, mlp_chunk)
         if checkpoint_label:
             manifest["export"]["checkpoint"] = checkpoint_label
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -160,6 +168,8 @@ class _Job:
     parity: bool
     log: Callable[[str], None]
     adapter_targets: str = "attention"
+    sliding_attention: str = "auto"
+    mlp_chunk: int | None = None
 
 
 def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
@@ -170,15 +180,18 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
             f"{', traced on meta' if lazy else ''})")
     if lazy is None:
         program = export_program(spec, module, job.preset, job.ops, full_attention=job.full_attention,
-                                 query_block=job.query_block)
+                                 query_block=job.query_block, sliding_attention=job.sliding_attention,
+                                 mlp_chunk=job.mlp_chunk)
     else:
         program = low_memory.trace_on_meta(spec, module, job, lazy)
     attention = attention_record(program.model)
     scheme = apply_precision(spec.name, precision, program.model, job.target)
     path = job.tmp / f"{spec.name}.onnx"
     data = save_program(program, path)
+    mlp = chunk_record(program.model)
     del program
     entry = graph_entry(spec, path, data, precision, job.ops, attention, scheme)
+    entry["mlp"] = mlp
     if spec.name == "dit":  # LoRA side-path inputs (export/adapter_paths.py; docs/bundle-format.md)
         entry["adapter_targets"] = [i.name[len("lora_a."):] for i in spec.inputs if i.name.startswith("lora_a.")]
     entry["parity"] = _parity(spec, module, path, entry["data_bytes"], job, lazy) if job.parity else None

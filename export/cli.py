@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from acestep_edge.kernels.lowering import FULL_ATTENTION  # torch-free at import
+from acestep_edge.kernels.lowering import FULL_ATTENTION, SLIDING_ATTENTION  # torch-free at import
 from acestep_edge.kernels.lowering import MODES as OPS
 
 # export/graphs.py GRAPH_NAMES, restated because that module imports torch (tests/test_export.py checks both agree).
@@ -59,6 +59,14 @@ def _log(msg: str) -> None:
 @click.option("--query-block", "query_block", type=click.IntRange(min=1), default=None,
               help="Queries per step of the chunked attention [default: 64]. Smaller uses less memory "
                    "(about batch x heads x block x keys x 4 bytes per step), larger fewer steps.")
+@click.option("--sliding-attention", "sliding_attention", type=click.Choice(SLIDING_ATTENTION), default="auto",
+              show_default=True,
+              help="How the sliding-window (±window) layers are lowered: chunked = an ONNX Scan with one block "
+                   "of queries per step (one block's scores in memory), blocked = every block at once in plain "
+                   "ops (what TensorRT takes). auto = blocked with --ops plain, chunked otherwise.")
+@click.option("--mlp-chunk", "mlp_chunk", type=click.IntRange(min=0), default=None,
+              help="Tokens per step of the DiT's MLP, run as an ONNX Scan over token chunks so its "
+                   "9,728-wide intermediates exist for one chunk at a time [default: 512; 0 = whole sequence].")
 @click.option("--graphs", "graphs", multiple=True, type=click.Choice(GRAPHS),
               help="Export only these graphs (repeat the option). Default: all seven. A partial bundle "
                    "is for development; the runtime needs every graph its tasks use.")
@@ -71,7 +79,7 @@ def _log(msg: str) -> None:
               help="Do not run the ONNX Runtime vs torch fp32 check (it needs the torch graph and the "
                    "ONNX session in memory one after the other).")
 def export_command(checkpoint, out, layout, precision, graph_precision, target, allow_over_budget, ops,
-                   full_attention, query_block, graphs, adapter_targets, skip_parity):
+                   full_attention, query_block, sliding_attention, mlp_chunk, graphs, adapter_targets, skip_parity):
     """Export an ACE-Step checkpoint to an ONNX bundle (see docs/bundle-format.md).
 
     Example: acestep-edge export --checkpoint ./checkpoints --out ./acestep-xl-fp32
@@ -100,7 +108,8 @@ def export_command(checkpoint, out, layout, precision, graph_precision, target, 
     try:
         path = export_bundle(checkpoint, out, layout=layout, precision=precision, graph_precision=overrides,
                              target=target, allow_over_budget=allow_over_budget, ops=ops,
-                             full_attention=full_attention, query_block=query_block, graphs=graphs or None,
+                             full_attention=full_attention, query_block=query_block,
+                             sliding_attention=sliding_attention, mlp_chunk=mlp_chunk, graphs=graphs or None,
                              parity=not skip_parity, adapter_targets=adapter_targets, command=invoked_command(),
                              log=_log)
     except (CheckpointError, ExportError, ValueError, FileExistsError) as exc:

@@ -105,6 +105,9 @@ def attention_text(graph: dict) -> str:
              f"sliding {rec['sliding']}" if rec.get("sliding") else "no sliding-window attention"]
     if rec.get("requested"):
         parts.append(f"--full-attention {rec['requested']}")
+    mlp = graph.get("mlp") or {}
+    if mlp.get("form") == "chunked":
+        parts.append(f"MLP in chunks of {mlp['chunk']} tokens")
     return ", ".join(parts)
 
 

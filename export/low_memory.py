@@ -76,7 +76,8 @@ def trace_on_meta(spec, module, job, lazy: tuple):
     example = spec.example(example_sizes(), job.preset, torch.Generator().manual_seed(0))
     # optimize=False: the optimizer's constant folding would need the weights' values.
     program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
-                             optimize=False, full_attention=job.full_attention, query_block=job.query_block)
+                             optimize=False, full_attention=job.full_attention, query_block=job.query_block,
+                             sliding_attention=job.sliding_attention, mlp_chunk=job.mlp_chunk)
     attach_lazy_weights(program.model, wrapper_names(module, model), source)
     return program
 

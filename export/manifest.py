@@ -81,7 +81,8 @@ def build_manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -
 
 
 def default_command(checkpoint, out, layout, precision, ops, overrides=None, target="cpu",
-                    full_attention="auto", query_block=None, adapter_targets="attention") -> str:
+                    full_attention="auto", query_block=None, adapter_targets="attention", sliding_attention="auto",
+                    mlp_chunk=None) -> str:
     """The `acestep-edge export` command line equivalent to an `export_bundle` call."""
     parts = ["acestep-edge", "export", "--checkpoint", str(checkpoint), "--out", str(out)]
     if layout != "auto":
@@ -97,6 +98,10 @@ def default_command(checkpoint, out, layout, precision, ops, overrides=None, tar
         parts += ["--full-attention", full_attention]
     if query_block is not None:
         parts += ["--query-block", str(query_block)]
+    if sliding_attention != "auto":
+        parts += ["--sliding-attention", sliding_attention]
+    if mlp_chunk is not None:
+        parts += ["--mlp-chunk", str(mlp_chunk)]
     if adapter_targets != "attention":
         parts += ["--adapter-targets", adapter_targets]
     return " ".join(parts)

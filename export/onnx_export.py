@@ -24,14 +24,16 @@ class ExportError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _lowering(ops: str | None, full_attention: str, query_block: int):
+def _lowering(ops: str | None, full_attention: str, query_block: int, sliding_attention: str = "auto",
+              mlp_chunk: int = 0):
     """(custom translation table, {attention kind: forms used}) while tracing under `ops` (None: eager)."""
     if ops is None:
         yield {}, {}
         return
     from acestep_edge.kernels.lowering import translation_table, use_lowering
 
-    with use_lowering(ops, full_attention=full_attention, query_block=query_block) as used:
+    with use_lowering(ops, full_attention=full_attention, query_block=query_block,
+                      sliding_attention=sliding_attention, mlp_chunk=mlp_chunk) as used:
         yield translation_table(ops, OPSET), used
 
 
@@ -56,23 +58,30 @@ def _quiet_exporter():
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
                    args: tuple | None = None, optimize: bool = True, full_attention: str = "auto",
-                   query_block: int | None = None):
+                   query_block: int | None = None, sliding_attention: str = "auto", mlp_chunk: int | None = None):
     """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
 
     `ops` picks the kernels' ONNX forms (None: trace the eager torch code); `full_attention` ('auto',
-    'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it
-    (kernels/lowering.py). The choices and the forms the graph ended up with are written into the
-    model's metadata (`attention_record` reads them back).
+    'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it,
+    `sliding_attention` ('auto', 'chunked', 'blocked') the sliding-window one (kernels/lowering.py),
+    `mlp_chunk` the tokens per chunk of the DiT's MLPs (default 512, 0 = whole sequence; the
+    markers are turned into Scans when the graph is saved: export/token_chunks.py). The choices and the forms the graph ended up with are written into the model's metadata
+    (`attention_record` reads them back).
     """
-    from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
+    from acestep_edge.kernels.lowering import (DEFAULT_MLP_CHUNK, DEFAULT_QUERY_BLOCK, check_full_attention,
+                                               check_mlp_chunk, check_sliding_attention)
 
     query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
+    mlp_chunk = DEFAULT_MLP_CHUNK if mlp_chunk is None else check_mlp_chunk(mlp_chunk)
     check_full_attention(full_attention, query_block)
+    check_sliding_attention(sliding_attention)
     if args is None:
         args = spec.example(example_sizes(), preset, torch.Generator().manual_seed(0))
     module = module.eval()
     try:
-        with _lowering(ops, full_attention, query_block) as (table, used), _quiet_exporter(), torch.no_grad():
+        with _lowering(ops, full_attention, query_block, sliding_attention, mlp_chunk) as (table, used), \
+                _quiet_exporter(), \
+                torch.no_grad():
             program = torch.onnx.export(
                 module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=spec.dynamic(),
                 input_names=[i.name for i in spec.inputs], output_names=[o.name for o in spec.outputs],
@@ -85,7 +94,8 @@ def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | 
         program.model.metadata_props.update({
             "acestep.ops": ops, "acestep.full_attention": full_attention, "acestep.query_block": str(query_block),
             "acestep.full_attention_forms": "+".join(sorted(used.get("full", ()))),
-            "acestep.sliding_attention_forms": "+".join(sorted(used.get("sliding", ())))})
+            "acestep.sliding_attention_forms": "+".join(sorted(used.get("sliding", ()))),
+            "acestep.sliding_attention": sliding_attention, "acestep.mlp_chunk": str(mlp_chunk)})
     return program
 
 
@@ -93,16 +103,20 @@ def attention_record(model) -> dict:
     """The manifest's per-graph `attention` record, from the metadata `export_program` wrote.
 
     {"ops", "full" (the form full/cross attention took: chunked, fused, or null when the graph has
-    none), "query_block" (chunked only), "sliding" (blocked, or null), "requested" (--full-attention)}.
+    none), "query_block" (chunked only), "sliding" (chunked, blocked, or null), "requested"
+    (--full-attention), "sliding_requested" (--sliding-attention)}. A chunked sliding form's block
+    is the window (at least 1): one query block per Scan step.
     """
     meta = model.metadata_props
     if "acestep.ops" not in meta:
-        return {"ops": "eager", "full": None, "query_block": None, "sliding": None, "requested": None}
+        return {"ops": "eager", "full": None, "query_block": None, "sliding": None, "requested": None,
+                "sliding_requested": None}
     full = meta.get("acestep.full_attention_forms") or None
     return {"ops": meta["acestep.ops"], "full": full,
             "query_block": int(meta["acestep.query_block"]) if full and "chunked" in full else None,
             "sliding": meta.get("acestep.sliding_attention_forms") or None,
-            "requested": meta["acestep.full_attention"]}
+            "requested": meta["acestep.full_attention"],
+            "sliding_requested": meta.get("acestep.sliding_attention", "auto")}
 
 
 def rename_dims(model, spec: GraphSpec) -> None:
@@ -136,11 +150,15 @@ def initializer_bytes(model) -> int:
 
 
 def save_program(program, path: str | Path) -> Path | None:
-    """Save to `path`; weights go to `<path>.data` when they exceed the threshold. Returns the data path."""
+    """Save to `path`; weights go to `<path>.data` when they exceed the threshold. Returns the data path.
+    Token-chunk markers are resolved first (export/token_chunks.py `chunk_regions`)."""
     import onnx
     import onnx_ir as ir
 
+    from acestep_edge.export.token_chunks import chunk_regions
+
     path = Path(path)
+    chunk_regions(program.model)  # the MLP markers become Scans (or go), after every precision pass
     data = None
     if initializer_bytes(program.model) > EXTERNAL_DATA_THRESHOLD:
         data = path.with_name(path.name + ".data")

@@ -1,8 +1,9 @@
 """Export-side attention: blocked local (sliding) attention, plain-op attention, and the custom ops.
 
 Lowerings of `kernels.attention.attention` (selected with `kernels.lowering.use_lowering`):
-- sliding layers (``window`` set) always use `blocked_local_attention`: plain traceable torch ops,
-  O(L·window) memory, dynamic L in the exported graph;
+- sliding layers (``window`` set), ``blocked`` form: `blocked_local_attention`, plain traceable torch
+  ops, O(L·window) memory, dynamic L in the exported graph; ``chunked`` form: the
+  ``acestep::local_attention`` custom op, a ``Scan`` with one query block per step (O(block·window));
 - full/cross attention, ``chunked`` form (any mode): the ``acestep::chunked_attention`` custom op,
   which `translation_functions` turns into a ``Scan`` over query blocks (O(block·Lk) scores);
 - full/cross attention, ``fused`` form: ``plain`` → MatMul → Softmax → MatMul (what TensorRT
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from acestep_edge.kernels.attention import attention as _eager_attention
-from acestep_edge.kernels.lowering import eager, full_attention_form, note_form, query_block
+from acestep_edge.kernels.lowering import eager, full_attention_form, query_block, sliding_attention_form
 
 _MASKED = torch.finfo(torch.float32).min  # finite: a fully masked (padding) row gives no NaN
 
@@ -177,13 +178,39 @@ def _(q, k, v, key_padding_mask, causal, scale, block):
     return _output_like(q, v)
 
 
+@torch.library.custom_op("acestep::local_attention", mutates_args=())
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+    window: int,
+    block: int,
+) -> torch.Tensor:
+    # Same maths as the blocked lowering; the ONNX body is a Scan with one query block per step.
+    with eager():
+        return _eager_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
+                                scale=scale).contiguous()
+
+
+@local_attention.register_fake
+def _(q, k, v, key_padding_mask, causal, scale, window, block):
+    return _output_like(q, v)
+
+
 def lowered_attention(mode: str, q, k, v, *, window=None, causal=False, key_padding_mask=None, scale=None):
     """What `attention()` runs when a lowering mode is active."""
-    if window is not None:
-        note_form("sliding", "blocked")
-        return blocked_local_attention(q, k, v, window, scale=scale, causal=causal, key_padding_mask=key_padding_mask)
     _check_heads(q, k, v)
     scale = None if scale is None else float(scale)
+    if window is not None:
+        if sliding_attention_form(mode) == "chunked":
+            if not isinstance(window, int) or window < 0:
+                raise ValueError(f"window must be a non-negative int, got {window!r}")
+            # Block = window (at least 1), as the blocked lowering's default: 3 blocks of keys per block.
+            return torch.ops.acestep.local_attention(q, k, v, key_padding_mask, causal, scale, window, max(window, 1))
+        return blocked_local_attention(q, k, v, window, scale=scale, causal=causal, key_padding_mask=key_padding_mask)
     if full_attention_form(mode, key_padding_mask is not None, causal) == "chunked":
         return torch.ops.acestep.chunked_attention(q, k, v, key_padding_mask, causal, scale, query_block())
     if mode == "plain":
@@ -194,9 +221,11 @@ def lowered_attention(mode: str, q, k, v, *, window=None, causal=False, key_padd
 def translation_functions(mode: str) -> dict:
     """{custom op overload: onnxscript function} for `mode`: the chunked op always, the fused op if any."""
     from acestep_edge.kernels import attention_chunked_onnxscript as chunked
+    from acestep_edge.kernels import attention_local_onnxscript as local
     from acestep_edge.kernels import attention_onnxscript as oscr
 
-    table = {torch.ops.acestep.chunked_attention.default: chunked.attention_chunked}
+    table = {torch.ops.acestep.chunked_attention.default: chunked.attention_chunked,
+             torch.ops.acestep.local_attention.default: local.attention_local}
     fused = {"standard": oscr.attention_standard, "ort": oscr.attention_ort}.get(mode)
     if fused is not None:
         table[torch.ops.acestep.attention.default] = fused

@@ -14,6 +14,11 @@ Full and cross attention (no window) take one of two forms, `full_attention=`:
 ``chunked`` (an ONNX ``Scan`` over blocks of `query_block` queries, each against all keys, so no
 [Lq, Lk] score tensor exists). ``auto`` (the default) picks ``chunked`` where the mode's op
 materialises the scores on ONNX Runtime CPU (see kernels/README.md) and ``fused`` elsewhere.
+
+Sliding-window attention takes one of two forms, `sliding_attention=`: ``blocked`` (every query
+block's scores at once: plain ops, what TensorRT accepts) or ``chunked`` (an ONNX ``Scan`` with one
+query block per step, so one block's scores exist at a time; kernels/attention_local_onnxscript.py).
+``auto`` (the default) picks ``chunked`` in ``standard``/``ort`` and ``blocked`` in ``plain``.
 This module imports torch only inside `translation_table`.
 """
 
@@ -23,15 +28,20 @@ import contextlib
 
 MODES = ("standard", "ort", "plain")
 FULL_ATTENTION = ("auto", "chunked", "fused")
+SLIDING_ATTENTION = ("auto", "chunked", "blocked")
 # Queries per Scan step of the chunked lowering; chosen by time vs memory in
 # benchmarks/full_attention_memory.py (see benchmarks/RESULTS.md).
 DEFAULT_QUERY_BLOCK = 64
+# Tokens per chunk of the DiT's MLP (export/token_chunks.py); chosen in benchmarks/dit_activation_memory.py.
+DEFAULT_MLP_CHUNK = 512
 
 # The trace-time switch. Only `use_lowering` sets it (export/onnx_export.py enters it around one
 # graph's export with explicit arguments); the kernels read it while torch traces them.
 _mode: str | None = None
 _full_attention: str = "auto"
 _query_block: int = DEFAULT_QUERY_BLOCK
+_sliding: str = "auto"
+_mlp_chunk: int = 0
 _used: dict[str, set[str]] | None = None  # attention kind → lowered forms chosen inside use_lowering
 
 
@@ -82,22 +92,52 @@ def query_block() -> int:
     return _query_block
 
 
+def mlp_chunk() -> int:
+    """Tokens per chunk of the DiT's MLP (0: not chunked); kernels/token_chunks.py."""
+    return _mlp_chunk
+
+
+def check_mlp_chunk(chunk) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise ValueError(f"MLP chunk must be a non-negative int (0 = off), got {chunk!r}")
+    return chunk
+
+
+def check_sliding_attention(sliding_attention) -> str:
+    if sliding_attention not in SLIDING_ATTENTION:
+        raise ValueError(f"unknown sliding-attention lowering {sliding_attention!r}; "
+                         f"choose one of {', '.join(SLIDING_ATTENTION)}")
+    return sliding_attention
+
+
+def sliding_attention_form(mode: str) -> str:
+    """'chunked' or 'blocked' for one sliding-window call under `mode` and the active setting."""
+    form = _sliding if _sliding != "auto" else ("blocked" if mode == "plain" else "chunked")
+    note_form("sliding", form)
+    return form
+
+
 @contextlib.contextmanager
-def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK):
+def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK,
+                 sliding_attention: str = "auto", mlp_chunk: int = 0):
     """Within the block, kernels trace to `mode`'s ONNX form (module-level state, not thread-safe).
+    `mlp_chunk` > 0 marks the DiT's MLPs for token chunking (kernels/token_chunks.py).
 
     Yields {attention kind: set of forms} filled while tracing: what the graph actually contains.
     """
-    global _mode, _full_attention, _query_block, _used
+    global _mode, _full_attention, _query_block, _sliding, _mlp_chunk, _used
     _check_mode(mode)
     check_full_attention(full_attention, query_block)
-    previous = _mode, _full_attention, _query_block, _used
+    check_sliding_attention(sliding_attention)
+    check_mlp_chunk(mlp_chunk)
+    previous = _mode, _full_attention, _query_block, _sliding, _mlp_chunk, _used
     used: dict[str, set[str]] = {}
-    _mode, _full_attention, _query_block, _used = mode, full_attention, query_block, used
+    _mode, _full_attention, _query_block, _sliding, _mlp_chunk, _used = (mode, full_attention, query_block,
+                                                                         sliding_attention, mlp_chunk, used)
     try:
         yield used
     finally:
-        _mode, _full_attention, _query_block, _used = previous
+        _mode, _full_attention, _query_block, _sliding, _mlp_chunk, _used = previous
 
 
 @contextlib.contextmanager
@@ -116,8 +156,9 @@ def translation_table(mode: str, opset: int = 23) -> dict:
     _check_mode(mode)
     if opset < 23:
         raise ValueError(f"the kernels' ONNX lowerings need opset >= 23, got {opset}")
-    from acestep_edge.kernels import attention_onnx, norm_rotary_onnx
+    from acestep_edge.kernels import attention_onnx, norm_rotary_onnx, token_chunks_onnx
 
-    if mode == "plain":  # only the chunked attention op; everything else traces to basic ops
-        return attention_onnx.translation_functions(mode)
-    return {**attention_onnx.translation_functions(mode), **norm_rotary_onnx.translation_functions(mode)}
+    table = {**attention_onnx.translation_functions(mode), **token_chunks_onnx.translation_functions()}
+    if mode == "plain":  # only the Scan-based ops and the markers; everything else traces to basic ops
+        return table
+    return {**table, **norm_rotary_onnx.translation_functions(mode)}

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from acestep_edge.kernels.token_chunks import mark
+
 from .config import AceStepConfig
 from .layers import MLP, Attention, RMSNorm, rope_for_length
 
@@ -59,7 +61,8 @@ class DiTLayer(nn.Module):
         x = x + self.self_attn(h.to(x.dtype), rope) * gate
         x = x + self.cross_attn(self.cross_attn_norm(x), encoder_states=encoder_states, kv=cross_kv)
         h = self.mlp_norm(x) * (1 + c_scale) + c_shift
-        return x + self.mlp(h.to(x.dtype)) * c_gate
+        # Token-wise: an export with token chunks runs it in chunks of tokens (kernels/token_chunks.py).
+        return x + mark(self.mlp(mark(h.to(x.dtype), "begin")), "end") * c_gate
 
 
 class DiT(nn.Module):

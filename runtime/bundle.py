@@ -112,6 +112,15 @@ def provider_chain(options: SessionOptions, graph: str | None = None, bundle_dir
                             encoder_dim)
 
 
+def session_options(ort, threads: int | None = None):
+    """The ONNX Runtime SessionOptions every bundle graph is created with."""
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
 class Bundle:
     """A validated bundle directory. Sessions are created on first use and then reused."""
 
@@ -186,10 +195,7 @@ class Bundle:
 
         self.require([name])
         graph = self.manifest["graphs"][name]
-        so = ort.SessionOptions()
-        if self.options.threads:
-            so.intra_op_num_threads = self.options.threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so = session_options(ort, self.options.threads)
         try:
             session = self._create(ort, name, graph, so)
         except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files

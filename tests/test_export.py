@@ -118,7 +118,8 @@ def test_manifest_records_attention_per_graph(bundle):
         assert rec["ops"] == mode, name
         types = _op_types(path / entry["file"])
         full = rec["full"] or ""
-        assert ("Scan" in types) == ("chunked" in full), (name, rec, types)
+        scans = "chunked" in full or rec["sliding"] == "chunked" or entry["mlp"]["form"] == "chunked"
+        assert ("Scan" in types) == scans, (name, rec, entry["mlp"], types)
         fused_op = {"standard": "Attention", "ort": "MultiHeadAttention"}.get(mode)
         if fused_op:
             assert (fused_op in types) == ("fused" in full), (name, rec, types)
@@ -126,7 +127,9 @@ def test_manifest_records_attention_per_graph(bundle):
         assert rec["requested"] == "auto"
     graphs = manifest["graphs"]
     # The tiny DiT alternates sliding and full layers; the VAE has no attention at all.
-    assert graphs["dit"]["attention"]["sliding"] == "blocked"
+    assert graphs["dit"]["attention"]["sliding"] == {"standard": "chunked", "ort": "chunked", "plain": "blocked"}[mode]
+    assert graphs["dit"]["mlp"] == {"form": "chunked", "chunk": 512, "regions": 4}  # one Scan per layer
+    assert graphs["condition_encoder"]["mlp"]["form"] == "plain"  # only the DiT's MLPs are marked
     assert graphs["dit"]["attention"]["full"] == {"standard": "chunked", "ort": "fused", "plain": "fused"}[mode]
     if "vae_decoder" in graphs:
         assert graphs["vae_decoder"]["attention"]["full"] is None
@@ -138,8 +141,8 @@ def test_export_bundle_takes_the_attention_lowering_explicitly(tiny_official, tm
                         query_block=16, graphs=["dit"], parity=False)
     manifest = json.loads((out / "manifest.json").read_text())
     rec = manifest["graphs"]["dit"]["attention"]
-    assert rec == {"ops": "standard", "full": "chunked", "query_block": 16, "sliding": "blocked",
-                   "requested": "chunked"}
+    assert rec == {"ops": "standard", "full": "chunked", "query_block": 16, "sliding": "chunked",
+                   "requested": "chunked", "sliding_requested": "auto"}
     meta = {p.key: p.value for p in onnx.load(str(out / "dit.onnx"), load_external_data=False).metadata_props}
     assert meta["acestep.query_block"] == "16" and meta["acestep.full_attention"] == "chunked"
     assert "--full-attention chunked --query-block 16" in manifest["export"]["command"]

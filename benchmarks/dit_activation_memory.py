@@ -53,7 +53,7 @@ def status(key):
 path, batch, frames, seq, repeats, threads, arena, mem_pattern, profile = sys.argv[1:10]
 batch, frames, seq, repeats, threads = map(int, (batch, frames, seq, repeats, threads))
 rng = np.random.default_rng(0)
-so = session_options(ort, threads)
+so = session_options(ort, threads, "dit")
 if arena == "same":  # a process-wide CPU arena that grows by what is asked, not by powers of two
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))

@@ -112,12 +112,17 @@ def provider_chain(options: SessionOptions, graph: str | None = None, bundle_dir
                             encoder_dim)
 
 
-def session_options(ort, threads: int | None = None):
-    """The ONNX Runtime SessionOptions every bundle graph is created with."""
+def session_options(ort, threads: int | None = None, graph: str | None = None):
+    """The ONNX Runtime SessionOptions a bundle graph is created with."""
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if graph == "dit":
+        # The memory pattern ORT plans after the first run gives every planned tensor a fixed offset in
+        # one block: at 600 s it raised the DiT's peak from the first forward's 3.9 GB to 4.4 GB on the
+        # second (two-layer XL-width graph, benchmarks/RESULTS.md "Activation memory at 10 minutes").
+        so.enable_mem_pattern = False
     return so
 
 
@@ -195,7 +200,7 @@ class Bundle:
 
         self.require([name])
         graph = self.manifest["graphs"][name]
-        so = session_options(ort, self.options.threads)
+        so = session_options(ort, self.options.threads, name)
         try:
             session = self._create(ort, name, graph, so)
         except Exception as exc:  # ORT raises its own exception types for corrupt or truncated files

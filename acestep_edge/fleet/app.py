@@ -35,6 +35,8 @@ class FleetConfig:
     drain_seconds: float = 30.0
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 60.0
+    metrics_interval_s: float = 1.0  # how often queue lengths reach the autoscaler (Serve's default: 10 s)
+    look_back_period_s: float = 5.0  # the window they are averaged over (default 30 s): renders are long
     lora_dir: str | None = None
     app_name: str = APP_NAME
     server: dict = field(default_factory=dict)  # ServerOptions fields: api_key, allow_dirs, public_url, ...
@@ -64,7 +66,9 @@ class FleetConfig:
                                        # queued + running per replica: above 1, a queue is building
                                        "target_ongoing_requests": 1,
                                        "upscale_delay_s": self.upscale_delay_s,
-                                       "downscale_delay_s": self.downscale_delay_s},
+                                       "downscale_delay_s": self.downscale_delay_s,
+                                       "metrics_interval_s": self.metrics_interval_s,
+                                       "look_back_period_s": self.look_back_period_s},
                 "ray_actor_options": self.renderer_actor_options(),
                 "graceful_shutdown_timeout_s": self.drain_seconds + 10,
             },

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -275,7 +276,12 @@ class Ingress:
         base_info = pipeline.info
         pipeline.info = lambda: {**base_info(), "fleet": fleet_info or {}}
         self.fleet = FleetRenderer(pipeline, renderer_handle, Path(out_dir), queue, registry_name)
-        self.options = ServerOptions(**(options or {}))
+        options = dict(options or {})
+        # A config file never holds the key: `serve deploy` / KubeRay give it in the replicas' environment.
+        options.setdefault("api_key", os.environ.get("ACESTEP_EDGE_API_KEY") or None)
+        for name in ("allow_dirs", "cors_origins", "webhook_allow"):
+            options[name] = tuple(options.get(name) or ())
+        self.options = ServerOptions(**options)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.fleet, self.options)

@@ -93,6 +93,9 @@ class JobRegistry:
     def served_task(self, name: str) -> str | None:
         return self.served.get(name)
 
+    def served_names(self) -> list[str]:
+        return list(self.served)
+
     def recent(self) -> list[dict]:
         return [{"taskUUID": u, **{k: j[k] for k in ("state", "about", "results", "error", "created")}}
                 for u, j in reversed(self.jobs.items())][:64]

@@ -77,3 +77,16 @@ def renderer_replicas(app_name: str) -> int:
 
     status = serve.status().applications[app_name].deployments["renderer"]
     return status.replica_states.get("RUNNING", 0)
+
+
+def write_adapter(folder: Path, seed: int, layer: int = 0) -> None:
+    """A small PEFT LoRA folder for the demo DiT (seeded random factors on one attention projection)."""
+    import numpy as np
+    from lora_util import write_safetensors
+
+    rng = np.random.default_rng(seed)
+    key = f"base_model.model.layers.{layer}.self_attn.q_proj"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 4}))
+    write_safetensors(folder / "adapter_model.safetensors", {f"{key}.lora_A.weight": rng.standard_normal((4, 64)) * 0.1,
+                                                             f"{key}.lora_B.weight": rng.standard_normal((64, 4)) * 0.1})

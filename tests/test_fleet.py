@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from fleetutil import DEMO_BUNDLE, FleetClient, cli_render, free_port, renderer_replicas, start_ray
+from fleetutil import DEMO_BUNDLE, FleetClient, cli_render, free_port, renderer_replicas, start_ray, write_adapter
 
 pytestmark = pytest.mark.fleet
 
@@ -29,12 +29,15 @@ def fleet(tmp_path_factory):
     from acestep_edge.fleet.registry_actor import kill_registry, registry, registry_name
 
     out = tmp_path_factory.mktemp("fleet-out")
+    loras = tmp_path_factory.mktemp("loras")
+    write_adapter(loras / "style", seed=1)
+    write_adapter(loras / "alt", seed=2, layer=1)
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = FleetConfig(bundle=str(DEMO_BUNDLE), out_dir=str(out), min_replicas=1, max_replicas=2,
                              upscale_delay_s=0.5, downscale_delay_s=3600, metrics_interval_s=0.5,
-                             look_back_period_s=1.0, step_delay=STEP_DELAY, app_name=APP,
+                             look_back_period_s=1.0, step_delay=STEP_DELAY, app_name=APP, lora_dir=str(loras),
                              server={"bundle_info": {"name": "demo_bundle"}})
         serve.run(build_app(config), name=APP, route_prefix="/")
         client = FleetClient(port)
@@ -181,6 +184,20 @@ def test_cancel_a_queued_and_a_running_task(fleet):
     assert set(fleet.out.iterdir()) == files_before  # nothing written by any of the three
 
 
+# -- adapters -------------------------------------------------------------------------------------
+
+def test_same_adapter_set_goes_to_the_replica_holding_it(fleet):
+    placed: dict[str, set] = {"style": set(), "alt": set()}
+    for name in ["style", "alt"] * 4:
+        task_uuid = str(uuid.uuid4())
+        status, body = fleet.post([task(task_uuid, lora=[{"model": name, "weight": 0.8}])])
+        assert status == 200 and body["data"][0]["lora"][0]["model"] == name, body
+        placed[name].add(record(fleet, task_uuid)["replica"])
+    assert all(len(replicas) == 1 for replicas in placed.values()), placed  # no switch on a second replica
+    status, body = fleet.post([task(str(uuid.uuid4()), lora=[{"model": "nope"}])])
+    assert status == 400 and body["errors"][0]["parameter"] == "lora[0].model", body  # refused at the ingress
+
+
 # -- faults ---------------------------------------------------------------------------------------
 
 def test_killed_replica_mid_render_gives_one_response(fleet, references):
@@ -195,6 +212,7 @@ def test_killed_replica_mid_render_gives_one_response(fleet, references):
 
     status, body = fleet.wait(victim)
     final = record(fleet, victim)
+    print("killed replica: the task", "failed" if "errors" in body else "completed on another replica")
     if "errors" in body:  # allowed: a Runware error, nothing delivered
         assert body["errors"][0]["code"] == "serviceUnavailable" and final["results"] == [], body
     else:

@@ -90,8 +90,10 @@ def _config(kw: dict, with_key: bool = True):
 
 @click.group("fleet", invoke_without_command=True)
 @_options
+@click.option("--collect-seconds", type=click.FloatRange(min=0), default=COLLECT_SECONDS, hidden=True,
+              help="After the drain: how long the last results stay collectable.")
 @click.pass_context
-def fleet_command(ctx, **kw):
+def fleet_command(ctx, collect_seconds, **kw):
     """Serve the same Runware endpoint as `serve` from a Ray Serve fleet of renderer replicas.
 
     \b
@@ -121,7 +123,7 @@ def fleet_command(ctx, **kw):
     if not _is_loopback(kw["host"]):
         click.echo(f"warning: binding {kw['host']}: other machines can reach this fleet"
                    + ("" if kw["api_key"] else "; set --api-key"), err=True)
-    run(config, kw["address"], kw["host"], kw["port"])
+    run(config, kw["address"], kw["host"], kw["port"], collect_seconds)
 
 
 def run(config, address: str | None, host: str, port: int, collect_seconds: float = COLLECT_SECONDS) -> None:
@@ -133,8 +135,8 @@ def run(config, address: str | None, host: str, port: int, collect_seconds: floa
     from .registry_actor import kill_registry, registry, registry_name
 
     started = time.perf_counter()
-    if address is None:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    if address is None:  # a Ray of this command only: on loopback, no dashboard
+        ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
     else:
         ray.init(address=address, logging_level="WARNING")
     ray_seconds = time.perf_counter() - started

@@ -191,3 +191,23 @@ def config_command(fmt, output, **kw):
     else:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)
+
+
+@fleet_command.command("stop")
+@click.option("--address", default="auto", show_default=True, help="The Ray cluster the fleet runs on.")
+def stop_command(address):
+    """Delete a fleet deployed with `serve deploy` (its application and its job registry actor)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from .app import APP_NAME
+    from .registry_actor import kill_registry, registry_name
+
+    ray.init(address=address, logging_level="WARNING")
+    try:
+        serve.delete(APP_NAME)
+        kill_registry(registry_name(APP_NAME))
+    finally:
+        ray.shutdown()
+    click.echo(f"acestep-edge fleet: deleted {APP_NAME}", err=True)

@@ -12,8 +12,11 @@ import time
 from acestep_edge.runtime.wire import error_object
 
 TERMINAL = ("success", "error", "cancelled")
+KEEP_NAMES = 100_000  # delivered file names any ingress may serve (oldest forgotten first), as the server
 KEEP_FINISHED = 4096  # finished records kept for getResponse; oldest go first
 KEEP_SECONDS = 3600.0
+KEEP_INLINE_BYTES = 256 * 2**20  # base64 audio held among finished records (oldest go first), as the server
+INLINE_FIELDS = ("audioBase64Data", "audioDataURI")
 
 
 class JobRegistry:
@@ -137,11 +140,12 @@ class JobRegistry:
         if state == "cancelled" and error is None:
             error = job["cancel"]
         self._end(job, state, results or [], error)
-        if state == "success":
-            for name in job["files"]:
-                self.served[name] = task_uuid
-        else:
+        if state != "success":
             return False
+        for name in job["files"]:
+            self.served[name] = task_uuid
+        for name in list(self.served)[:max(0, len(self.served) - KEEP_NAMES)]:
+            del self.served[name]
         return True
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -154,6 +158,16 @@ class JobRegistry:
         done = [u for u, j in self.jobs.items() if j["state"] in TERMINAL]
         old = [u for u in done if now - self.jobs[u]["finished"] > KEEP_SECONDS]
         old += [u for u in done[:max(0, len(done) - KEEP_FINISHED)] if u not in old]
-        for u in old:
-            for name in self.jobs.pop(u)["files"]:
-                self.served.pop(name, None)
+        inline = sum(_inline_bytes(self.jobs[u]) for u in done if u not in old)
+        for u in done:
+            if inline <= KEEP_INLINE_BYTES:
+                break
+            if u not in old:
+                old.append(u)
+                inline -= _inline_bytes(self.jobs[u])
+        for u in old:  # its files stay served (by name, up to KEEP_NAMES), as the server's do
+            del self.jobs[u]
+
+
+def _inline_bytes(job: dict) -> int:
+    return sum(len(r.get(f, "")) for r in job["results"] for f in INLINE_FIELDS)

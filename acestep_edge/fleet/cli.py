@@ -174,9 +174,11 @@ def run(config, address: str | None, host: str, port: int, collect_seconds: floa
 @_options
 @click.option("--format", "fmt", type=click.Choice(["serve", "rayservice"]), default="serve", show_default=True,
               help="serve: a Serve config file for `serve deploy`; rayservice: a KubeRay RayService manifest.")
+@click.option("--image", default="acestep-edge-fleet:latest", show_default=True,
+              help="Container image of the RayService pods (Ray 2.60 with acestep-edge[fleet]; docs/fleet.md).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write (default: stdout).")
-def config_command(fmt, output, **kw):
+def config_command(fmt, image, output, **kw):
     """Write the Serve config that deploys what `acestep-edge fleet` deploys (the API key is never written:
     set ACESTEP_EDGE_API_KEY in the replicas' environment)."""
     from .config_file import rayservice, serve_config, to_yaml
@@ -184,7 +186,7 @@ def config_command(fmt, output, **kw):
     config = _config(kw, with_key=False)
     document = serve_config(config, kw["host"], kw["port"])
     if fmt == "rayservice":
-        document = rayservice(document, config)
+        document = rayservice(document, config, image)
     text = to_yaml(document)
     if output is None:
         click.echo(text, nl=False)

@@ -8,7 +8,7 @@ import yaml
 
 from .app import IMPORT_PATH
 
-RAY_IMAGE = "rayproject/ray:2.60.0-py311"  # the Ray version the [fleet] extra pins; add acestep-edge to it
+IMAGE = "acestep-edge-fleet:latest"  # rayproject/ray:2.60.0-py311(-gpu) with acestep-edge[fleet]: docs/fleet.md
 
 
 def serve_config(config, host: str = "0.0.0.0", port: int = 8000) -> dict:
@@ -20,7 +20,7 @@ def serve_config(config, host: str = "0.0.0.0", port: int = 8000) -> dict:
                               "args": args, "deployments": deployments}]}
 
 
-def rayservice(document: dict, config) -> dict:
+def rayservice(document: dict, config, image: str = IMAGE) -> dict:
     """A KubeRay RayService running `document`, with one shared volume for the bundle and the out-dir."""
     gpu = config.provider in ("cuda", "tensorrt")
     mounts = [{"name": "acestep-data", "mountPath": "/data"}]
@@ -31,7 +31,7 @@ def rayservice(document: dict, config) -> dict:
 
     def pod(cpu: str, memory: str, gpus: int) -> dict:
         limits = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": gpus} if gpus else {})}
-        return {"spec": {"containers": [{"name": "ray", "image": RAY_IMAGE, "env": env, "volumeMounts": mounts,
+        return {"spec": {"containers": [{"name": "ray", "image": image, "env": env, "volumeMounts": mounts,
                                          "resources": {"limits": limits, "requests": limits}}],
                          "volumes": volumes}}
 
@@ -40,6 +40,7 @@ def rayservice(document: dict, config) -> dict:
             "spec": {"serveConfigV2": to_yaml({"applications": document["applications"]}),
                      "rayClusterConfig": {
                          "rayVersion": "2.60.0",
+                         "enableInTreeAutoscaling": True,  # Serve asks for replicas, KubeRay adds pods
                          "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},  # no renders on the head
                                            "template": pod("2", "4Gi", 0)},
                          "workerGroupSpecs": [{"groupName": "renderers", "replicas": config.min_replicas,

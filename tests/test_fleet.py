@@ -90,11 +90,9 @@ def test_autoscales_from_one_to_two_renderers_under_a_queue(fleet):
     assert renderer_replicas(APP) == 1
     uuids = [submit_async(fleet, steps=8, seed=30 + i) for i in range(4)]  # ~3.5 s each: a queue of 3
     deadline = time.monotonic() + 90
-    t0 = time.monotonic()
     while renderer_replicas(APP) < 2:
         assert time.monotonic() < deadline, "the renderer deployment never scaled to 2 replicas"
         time.sleep(0.2)
-    print("scaled after", time.monotonic() - t0, [record(fleet, u)["state"] for u in uuids])
     for task_uuid in uuids:
         status, body = fleet.wait(task_uuid)
         assert status == 200 and body["data"][0]["status"] == "success", body
@@ -150,7 +148,29 @@ def test_async_get_response_sse_and_another_ingress(fleet, references):
     assert status == 409 and body["errors"][0]["code"] == "conflictTaskUUID", body
 
 
+def test_websocket_protocol_through_the_proxy(fleet, references):
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{fleet.port}/v1") as sock:
+        sock.send(json.dumps([{"taskType": "ping", "ping": True}]))
+        assert json.loads(sock.recv(timeout=30)) == {"data": [{"taskType": "ping", "pong": True}]}
+        sync = task(str(uuid.uuid4()), numberResults=2, seed=11)
+        sock.send(json.dumps([sync]))
+        results = []
+        deadline = time.monotonic() + 90
+        while len(results) < 2:
+            frame = json.loads(sock.recv(timeout=max(0.1, deadline - time.monotonic())))
+            assert "errors" not in frame, frame
+            results += [x for x in frame["data"] if "audioUUID" in x]
+    assert [r["seed"] for r in results] == [11, 12] and [r["resultIndex"] for r in results] == [0, 1]
+    assert audio(fleet, results[0]) == references[(11, 2)]  # result 0 of the pair is seed 11's render
+
+
 def test_validation_errors_are_the_servers(fleet):
+    status, body, headers = fleet.request("GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")  # the studio page
     status, body = fleet.post([task(str(uuid.uuid4()), steps=0)])
     assert status == 400 and body["errors"][0]["parameter"] == "steps", body
     status, body = fleet.post([task(str(uuid.uuid4()), routing={})])

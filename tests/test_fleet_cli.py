@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -67,19 +68,29 @@ def test_fleet_command_renders_then_drains_on_sigterm(tmp_path):
                              env={"ACESTEP_EDGE_TEST_STEP_DELAY": "0.3"})
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 180
-        lines = []
-        for line in proc.stderr:  # the start-up report
+    lines: list[str] = []
+
+    def pump() -> None:  # read everything, so the pipe never fills and blocks the command
+        for line in proc.stderr:
             lines.append(line)
-            if "ready at" in line or time.monotonic() > deadline:
-                break
-        assert any("ready at" in line for line in lines), "".join(lines)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def wait_line(text: str, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while not any(text in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.1)
+
+    try:
+        wait_line("ready at", 180)
         client = FleetClient(port)
         task = {"taskType": "audioInference", "positivePrompt": "cli", "duration": 10, "steps": 2, "seed": 1,
                 "outputFormat": "WAV"}
         status, body = client.post([{**task, "taskUUID": str(uuid.uuid4())}])
         assert status == 200 and body["data"][0]["audioURL"].startswith(client.base), body
+        wait_line("first render delivered", 10)  # the start-up report: Ray, the replicas, one render
 
         running, queued = str(uuid.uuid4()), str(uuid.uuid4())
         client.post([{**task, "taskUUID": running, "steps": 10, "deliveryMethod": "async"}])
@@ -94,10 +105,14 @@ def test_fleet_command_renders_then_drains_on_sigterm(tmp_path):
         assert status == 200 and body["data"][0]["status"] == "success", body  # the running render finished
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-        rest = proc.stderr.read()
-    assert "stopped" in rest, rest
+        if proc.poll() is None:  # a failure above: let it drain and stop its Ray, then insist
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+        reader.join(30)
+    assert "acestep-edge fleet: stopped\n" in lines, "".join(lines)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(names) == 2 and not [n for n in names if n.endswith(".part")], names

@@ -35,7 +35,9 @@ def test_a_superseded_attempt_never_delivers():
     assert not reg.note_file(task_uuid, 1, "late.wav")
     assert reg.start(task_uuid, 2, "b") and reg.note_file(task_uuid, 2, "f2.wav")
     assert not reg.finish(task_uuid, 1, "success", [{"audioUUID": "zombie"}])
+    assert reg.first_render() is None
     assert reg.finish(task_uuid, 2, "success", [{"audioUUID": "good"}])
+    assert reg.first_render() == reg.snapshot(task_uuid)["finished"]
     assert not reg.finish(task_uuid, 2, "success", [{"audioUUID": "again"}])
     snap = reg.snapshot(task_uuid)
     assert (snap["state"], snap["results"], snap["renders"], snap["attempt"]) == ("success", [{"audioUUID": "good"}], 2, 2)

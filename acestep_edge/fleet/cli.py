@@ -134,7 +134,7 @@ def run(config, address: str | None, host: str, port: int, collect_seconds: floa
     from .app import build_app
     from .registry_actor import kill_registry, registry, registry_name
 
-    started = time.perf_counter()
+    started, wall = time.perf_counter(), time.time()
     if address is None:  # a Ray of this command only: on loopback, no dashboard
         ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
     else:
@@ -149,9 +149,10 @@ def run(config, address: str | None, host: str, port: int, collect_seconds: floa
         click.echo(f"acestep-edge fleet: ready at http://{host}:{port}/ in {time.perf_counter() - started:.1f} s "
                    f"(Ray {ray_seconds:.1f} s); renderers {config.min_replicas}..{config.max_replicas} × "
                    f"{config.provider}, {config.threads} thread(s) each", err=True)
+        jobs = registry(name)
+        threading.Thread(target=_report_first_render, args=(jobs, wall, stop), daemon=True).start()
         stop.wait()
         click.echo("acestep-edge fleet: draining (new tasks get 503)", err=True)
-        jobs = registry(name)
         ray.get(jobs.begin_drain.remote(config.drain_seconds))
         deadline = time.monotonic() + config.drain_seconds + 5.0
         while ray.get(jobs.active.remote()) and time.monotonic() < deadline:
@@ -168,6 +169,20 @@ def run(config, address: str | None, host: str, port: int, collect_seconds: floa
         finally:
             ray.shutdown()
     click.echo("acestep-edge fleet: stopped", err=True)
+
+
+def _report_first_render(jobs, wall: float, stop: threading.Event) -> None:
+    """Say once how long it took from this command's start to the first render it delivered."""
+    import ray
+
+    while not stop.wait(0.5):
+        try:
+            first = ray.get(jobs.first_render.remote(), timeout=10)
+        except Exception:  # the registry is going away with the fleet
+            return
+        if first is not None:
+            click.echo(f"acestep-edge fleet: first render delivered {first - wall:.1f} s after start", err=True)
+            return
 
 
 @fleet_command.command("config")

@@ -26,6 +26,10 @@ class JobRegistry:
         self.jobs: dict[str, dict] = {}
         self.served: dict[str, str] = {}  # audio file name → taskUUID, for any ingress's /audio route
         self.drain_seconds: float | None = None  # set on SIGTERM: ingress replicas stop taking work
+        self.first_success: float | None = None  # wall time of the fleet's first delivered render
+
+    def first_render(self) -> float | None:
+        return self.first_success
 
     def begin_drain(self, seconds: float) -> None:
         self.drain_seconds = seconds
@@ -99,10 +103,6 @@ class JobRegistry:
     def served_names(self) -> list[str]:
         return list(self.served)
 
-    def recent(self) -> list[dict]:
-        return [{"taskUUID": u, **{k: j[k] for k in ("state", "about", "results", "error", "created")}}
-                for u, j in reversed(self.jobs.items())][:64]
-
     # -- renderer side ---------------------------------------------------------------------
     def start(self, task_uuid: str, attempt: int, replica: str) -> bool:
         """The replica may render this attempt now (False: cancelled, finished, or a newer attempt owns it)."""
@@ -142,6 +142,7 @@ class JobRegistry:
         self._end(job, state, results or [], error)
         if state != "success":
             return False
+        self.first_success = self.first_success or job["finished"]
         for name in job["files"]:
             self.served[name] = task_uuid
         for name in list(self.served)[:max(0, len(self.served) - KEEP_NAMES)]:

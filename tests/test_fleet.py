@@ -88,7 +88,7 @@ def record(fleet: FleetClient, task_uuid: str) -> dict:
 
 def test_autoscales_from_one_to_two_renderers_under_a_queue(fleet):
     assert renderer_replicas(APP) == 1
-    uuids = [submit_async(fleet, steps=8, seed=30 + i) for i in range(4)]  # ~3.5 s each: a queue of 3
+    uuids = [submit_async(fleet, steps=8, seed=30 + i) for i in range(6)]  # ~3.5 s each: a queue of 5
     deadline = time.monotonic() + 90
     while renderer_replicas(APP) < 2:
         assert time.monotonic() < deadline, "the renderer deployment never scaled to 2 replicas"
@@ -97,7 +97,7 @@ def test_autoscales_from_one_to_two_renderers_under_a_queue(fleet):
         status, body = fleet.wait(task_uuid)
         assert status == 200 and body["data"][0]["status"] == "success", body
     replicas = {record(fleet, u)["replica"] for u in uuids}
-    assert len(replicas) == 2, f"all four renders ran on {replicas}: the second replica took none"
+    assert len(replicas) == 2, f"all six renders ran on {replicas}: the second replica took none"
 
 
 # -- the wire format through the ingress -----------------------------------------------------------

@@ -3,7 +3,6 @@ local Ray) from start to a render, then SIGTERM: queued work refused, the runnin
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

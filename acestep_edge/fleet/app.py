@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ray import serve
 
@@ -103,7 +102,3 @@ def build(args: dict):
     if unknown:
         raise ValueError(f"unknown fleet argument {unknown[0]!r}; known: {', '.join(sorted(known))}")
     return build_app(FleetConfig(**args))
-
-
-def out_dir_of(config: FleetConfig) -> Path:
-    return Path(config.out_dir)

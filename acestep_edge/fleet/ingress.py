@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import ray
-from ray import serve
 
 from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.server.app import ServerOptions, create_app
@@ -285,6 +284,3 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         return create_app(self.fleet, self.options)
-
-    async def idle(self) -> bool:
-        return self.fleet.idle()

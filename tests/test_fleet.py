@@ -249,6 +249,30 @@ def test_killed_replica_mid_render_gives_one_response(fleet, references):
     assert on_disk == served, on_disk ^ served
 
 
+def test_killed_ingress_replica_loses_no_queued_task(fleet):
+    ray = fleet.ray
+    uuids = [submit_async(fleet, steps=6, seed=50 + i) for i in range(4)]  # two render, two wait in its queue
+    fleet.wait_running(uuids[0])
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#ingress#" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    deadline = time.monotonic() + 120
+    pending = set(uuids)
+    while pending:  # Serve starts a new ingress replica; until then the proxy has none to answer
+        assert time.monotonic() < deadline, {u: record(fleet, u)["state"] for u in pending}
+        for task_uuid in list(pending):
+            try:
+                status, body = fleet.get_response(task_uuid)
+            except (OSError, ValueError):
+                continue
+            if status == 200 and body.get("data") and body["data"][0].get("status") == "success":
+                pending.discard(task_uuid)
+        time.sleep(0.5)
+    assert [record(fleet, u)["renders"] for u in uuids] == [1, 1, 1, 1]  # each rendered once
+    adopted = [u for u in uuids if record(fleet, u)["owner"] != names[0]["name"]]
+    assert adopted, "no task was taken over by the new ingress replica"  # those waiting in the dead one's queue
+
+
 # -- drain (what SIGTERM starts in `acestep-edge fleet`) -------------------------------------------
 
 def test_drain_refuses_queued_and_new_work_and_finishes_running(fleet):

@@ -98,3 +98,21 @@ def test_finished_records_are_bounded_by_count_and_inline_bytes(monkeypatch):
         done.append(task_uuid)
     new(reg)  # registering sweeps: at most 10 bytes of base64 kept → one record
     assert [u for u in done if reg.snapshot(u)] == done[-1:]
+
+
+def test_tasks_of_a_dead_ingress_are_adopted_with_their_specs():
+    reg = JobRegistry()
+    spec = {"request": "REQ", "base_url": "http://h/", "include_cost": False}
+    queued, running, done, other = (str(uuid.uuid4()) for _ in range(4))
+    for task_uuid, owner in ((queued, "a"), (running, "a"), (done, "a"), (other, "b")):
+        assert reg.register(task_uuid, ABOUT, "http://h/", owner, spec)
+    reg.start(running, 1, "r1")
+    reg.start(done, 1, "r2")
+    reg.finish(done, 1, "success", [])
+    assert "spec" not in reg.snapshot(queued) and reg.owners() == ["a", "b"]
+    taken = reg.adopt("a", "c")
+    assert sorted((t["taskUUID"], t["state"], t["attempt"]) for t in taken) == sorted(
+        [(queued, "queued", 1), (running, "running", 1)])
+    assert all(t["spec"] == spec for t in taken)
+    assert reg.owners() == ["b", "c"] and reg.adopt("a", "d") == []
+    assert reg.jobs[done]["spec"] is None  # a finished task holds no inputs

@@ -19,7 +19,7 @@ import ray
 
 from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.server.app import ServerOptions, create_app
-from acestep_edge.server.jobs import TERMINAL, Job, Renderer, conflict
+from acestep_edge.server.jobs import TERMINAL, Delivery, Job, Renderer, conflict
 from acestep_edge.server.outdir import AUDIO_NAME, OutDir
 from acestep_edge.server.wire import QUEUE_FULL, UNAVAILABLE, ServerError, entry
 
@@ -29,6 +29,7 @@ from .renderer import adapter_key, remove_files
 log = logging.getLogger("acestep_edge.fleet")
 ATTEMPTS = 2  # a task whose replica dies is retried once on another, then reported as an error
 POLL_SECONDS = 0.2
+ADOPT_EVERY = 25  # polls between checks for tasks of a dead ingress replica (~5 s)
 CALL_SECONDS = 30.0
 
 
@@ -69,6 +70,10 @@ class FleetRenderer(Renderer):
         self._loop = None
         self._poller = None
         self._responses: dict[str, object] = {}
+        try:  # this replica's actor name: the registry's owner of the tasks it takes
+            self.name = ray.get_runtime_context().get_actor_name()
+        except Exception:
+            self.name = None
 
     # -- the Renderer interface ----------------------------------------------------------------
     @property
@@ -91,13 +96,14 @@ class FleetRenderer(Renderer):
             if len(self._queue) >= self.queue_size:
                 raise ServerError(QUEUE_FULL, f"the render queue is full ({self.queue_size} waiting); retry in a "
                                   "few seconds", task_uuid=job.task_uuid)
-            if not self._call("register", job.task_uuid, job.about, job.base_url):
+            spec = {"request": job.request, "base_url": job.base_url, "include_cost": job.delivery.include_cost}
+            if not self._call("register", job.task_uuid, job.about, job.base_url, self.name, spec):
                 raise conflict(job.task_uuid)  # sent to another ingress replica of this fleet
             self.jobs[job.task_uuid] = job
             self._queue.append(job)
             position = len(self._queue)
         job.publish("queued", position=position)
-        self._loop.create_task(self._dispatch(job))
+        asyncio.get_running_loop().create_task(self._dispatch(job))
 
     def get(self, task_uuid: str) -> Job | None:
         with self._cond:
@@ -167,12 +173,12 @@ class FleetRenderer(Renderer):
             self._loop = asyncio.get_running_loop()
             self._poller = self._loop.create_task(self._poll())
 
-    async def _dispatch(self, job: Job) -> None:
+    async def _dispatch(self, job: Job, first: int = 1) -> None:
         request = job.request
         spec = {"taskUUID": job.task_uuid, "request": request, "base_url": job.base_url,
                 "include_cost": job.delivery.include_cost}
         handle = self.handle.options(multiplexed_model_id=adapter_key(request))
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(first, ATTEMPTS + 1):
             spec["attempt"] = attempt
             response = handle.render.remote(spec)
             self._responses[job.task_uuid] = response
@@ -198,8 +204,15 @@ class FleetRenderer(Renderer):
         self._apply(job, snap or {})
 
     async def _poll(self) -> None:
+        polls = 0
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            polls += 1
+            if self.name and self.handle is not None and polls % ADOPT_EVERY == 1:
+                try:
+                    await self._adopt_orphans()
+                except Exception:
+                    log.exception("could not look for tasks of a stopped ingress replica")
             with self._cond:
                 live = [j for j in self.jobs.values() if j.state not in TERMINAL]
             try:
@@ -212,6 +225,27 @@ class FleetRenderer(Renderer):
             for job in live:
                 if job.task_uuid in snaps:
                     self._apply(job, snaps[job.task_uuid])
+
+    async def _adopt_orphans(self) -> None:
+        """Tasks whose ingress replica died (its Serve queue died with it) are sent again from here."""
+        for owner in await self.registry.owners.remote():
+            if owner == self.name or await asyncio.to_thread(_alive, owner):
+                continue
+            taken = await self.registry.adopt.remote(owner, self.name)
+            log.warning("ingress %s is gone: taking its %d unfinished task(s)", owner, len(taken))
+            for item in taken:
+                spec = item["spec"]
+                job = Job(spec["request"], spec["base_url"], Delivery("async", spec["include_cost"]))
+                job.created = item["created"]
+                with self._cond:
+                    job = self.jobs.setdefault(item["taskUUID"], job)
+                    job.request, job.base_url = spec["request"], spec["base_url"]
+                    if item["state"] == "queued" and job.state == "queued":
+                        if job not in self._queue:
+                            self._queue.append(job)
+                        asyncio.get_running_loop().create_task(self._dispatch(job, item["attempt"]))
+                    elif item["state"] == "running":
+                        job.state = "running"  # its replica still renders it and reports to the registry
 
     def _apply(self, job: Job, snap: dict) -> None:
         """Bring a local job up to the registry's record, publishing the events it missed."""
@@ -283,4 +317,19 @@ class Ingress:
         self.options = ServerOptions(**options)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.fleet, self.options)
+        app, fleet = create_app(self.fleet, self.options), self.fleet
+
+        async def started(scope, receive, send):
+            fleet._start_poller()  # at the replica's first ASGI event (lifespan start-up): it adopts orphans
+            return await app(scope, receive, send)
+
+        return started
+
+
+def _alive(actor_name: str) -> bool:
+    """Whether the named Serve replica actor still exists."""
+    try:
+        ray.get_actor(actor_name, namespace="serve")
+    except ValueError:
+        return False
+    return True

@@ -43,19 +43,36 @@ class JobRegistry:
         return self.drain_seconds, self.snapshots(uuids)
 
     # -- ingress side ----------------------------------------------------------------------
-    def register(self, task_uuid: str, about: dict, base_url: str) -> bool:
-        """A new task; False when the taskUUID is already known (queued, rendering or finished)."""
+    def register(self, task_uuid: str, about: dict, base_url: str, owner: str | None = None,
+                 spec: dict | None = None) -> bool:
+        """A new task taken by ingress `owner` (its actor name), with what a renderer needs (`spec`, kept until
+        the task ends so another ingress can send it if the owner dies); False when the taskUUID is known."""
         self._forget_old()
         if task_uuid in self.jobs:
             return False
         self.jobs[task_uuid] = {"state": "queued", "attempt": 1, "replica": None, "cancel": None,
                                 "progress": None, "results": [], "error": None, "files": [], "about": about,
-                                "base_url": base_url, "created": time.time(), "finished": None, "renders": 0}
+                                "base_url": base_url, "created": time.time(), "finished": None, "renders": 0,
+                                "owner": owner, "spec": spec}
         return True
 
     def snapshot(self, task_uuid: str) -> dict | None:
         job = self.jobs.get(task_uuid)
-        return None if job is None else {k: v for k, v in job.items() if k != "files"}
+        return None if job is None else {k: v for k, v in job.items() if k not in ("files", "spec")}
+
+    def owners(self) -> list[str]:
+        """The ingress replicas that hold unfinished tasks."""
+        return sorted({j["owner"] for j in self.jobs.values() if j["state"] not in TERMINAL and j["owner"]})
+
+    def adopt(self, dead: str, owner: str) -> list[dict]:
+        """Ingress `dead` is gone: `owner` takes its unfinished tasks; their specs, attempts and states."""
+        taken = []
+        for task_uuid, job in self.jobs.items():
+            if job["owner"] == dead and job["state"] not in TERMINAL:
+                job["owner"] = owner
+                taken.append({"taskUUID": task_uuid, "spec": job["spec"], "attempt": job["attempt"],
+                              "state": job["state"], "about": job["about"], "created": job["created"]})
+        return taken
 
     def snapshots(self, uuids: list[str]) -> dict[str, dict]:
         return {u: self.snapshot(u) for u in uuids if u in self.jobs}
@@ -153,6 +170,7 @@ class JobRegistry:
     @staticmethod
     def _end(job: dict, state: str, results: list | None = None, error: dict | None = None) -> None:
         job["state"], job["results"], job["error"], job["finished"] = state, results or [], error, time.time()
+        job["spec"] = None  # its inputs (data URIs) are not held once it ends
 
     def _forget_old(self) -> None:
         now = time.time()

@@ -16,8 +16,8 @@ without adapters does (rank-1 zeros).
 Variants (`--variants`): `default` = the export and session options of the day, `before` = the
 export defaults and session options before the activation-memory work (token-chunked MLP off,
 arena and memory pattern on), or `name:key=value,...` with keys mlp_chunk (tokens per MLP Scan
-step, 0 = off), sliding_attention (chunked, blocked, auto), arena (0/1, or `same`: a process-wide
-arena with extend strategy kSameAsRequested), mem_pattern (0/1), ops,
+step, 0 = off), sliding_attention (chunked, blocked, auto), arena (auto = the runtime's process-wide
+arena growing by what is asked; 1 = the session's own ORT default arena; 0 = none), mem_pattern (0/1), ops,
 full_attention.
 
 Printed per run: peak RSS over the whole process (VmHWM: session creation, weights and the forward),
@@ -53,13 +53,11 @@ def status(key):
 path, batch, frames, seq, repeats, threads, arena, mem_pattern, profile = sys.argv[1:10]
 batch, frames, seq, repeats, threads = map(int, (batch, frames, seq, repeats, threads))
 rng = np.random.default_rng(0)
-so = session_options(ort, threads, "dit")
-if arena == "same":  # a process-wide CPU arena that grows by what is asked, not by powers of two
-    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
-    so.add_session_config_entry("session.use_env_allocators", "1")
-elif arena != "auto":
+if arena in ("0", "1"):  # the session's own arena (ORT's default, powers of two) or none, not the runtime's
+    so = session_options(ort, threads)
     so.enable_cpu_mem_arena = bool(int(arena))
+else:  # the runtime's DiT options: no memory pattern, the process-wide kSameAsRequested arena
+    so = session_options(ort, threads, "dit")
 if mem_pattern != "auto":
     so.enable_mem_pattern = bool(int(mem_pattern))
 if profile:
@@ -126,7 +124,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if key not in settings:
             raise argparse.ArgumentTypeError(f"unknown variant key {key!r}; keys: {', '.join(settings)}")
-        settings[key] = value if key in _TEXT_KEYS or value in ("auto", "same") else int(value)
+        settings[key] = value if key in _TEXT_KEYS or value == "auto" else int(value)
     return name, settings
 
 

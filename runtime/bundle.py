@@ -119,11 +119,29 @@ def session_options(ort, threads: int | None = None, graph: str | None = None):
         so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if graph == "dit":
-        # The memory pattern ORT plans after the first run gives every planned tensor a fixed offset in
-        # one block: at 600 s it raised the DiT's peak from the first forward's 3.9 GB to 4.4 GB on the
-        # second (two-layer XL-width graph, benchmarks/RESULTS.md "Activation memory at 10 minutes").
+        # Long sequences (two-layer XL-width DiT at 600 s, benchmarks/RESULTS.md "Activation memory at 10
+        # minutes"): the memory pattern ORT plans after the first run gives every planned tensor a fixed
+        # offset in one block (peak 3.9 GB → 6.4 GB on the second forward), and the default arena grows
+        # by powers of two (4.4 GB). An arena that grows by what is asked stays at the first forward's peak.
         so.enable_mem_pattern = False
+        if _exact_arena(ort):
+            so.add_session_config_entry("session.use_env_allocators", "1")
     return so
+
+
+_ARENA: list[bool] = []  # whether the process-wide CPU arena is registered (once per process)
+
+
+def _exact_arena(ort) -> bool:
+    """Register ONNX Runtime's process-wide CPU arena with extend strategy kSameAsRequested (once)."""
+    if not _ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        try:  # OrtArenaCfg(max_mem 0 = no limit, arena_extend_strategy 1 = kSameAsRequested, defaults)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _ARENA.append(True)
+        except Exception:  # already registered by the embedding application, or unsupported: keep ORT's own
+            _ARENA.append(False)
+    return _ARENA[0]
 
 
 class Bundle:

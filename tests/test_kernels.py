@@ -227,7 +227,8 @@ def test_emitted_ops(exported):
     assert EXPECTED_FUSED[lowering] <= ops
     if form == "chunked":  # every full/cross attention went through the Scan: no fused attention op left
         assert not {t for _, t in ops} & {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
-        assert sum(n.op_type == "Scan" for n in proto.graph.node) == 4  # full, causal, cross, cross_masked
+        # full, causal, cross, cross_masked, and the ±window call (chunked sliding attention, the auto default)
+        assert sum(n.op_type == "Scan" for n in proto.graph.node) == 5
     if mode == "plain":
         assert not {d for d, _ in ops} - {""}, "plain mode must stay in the ONNX domain"
         assert not {t for _, t in ops} & FUSED_NAMES

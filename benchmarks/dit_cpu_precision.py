@@ -86,12 +86,19 @@ def load_dit(root: Path, dtype=None):
     return module.to(dtype) if dtype is not None else module
 
 
-def export_fp32(root: Path, preset, path: Path) -> Path:
+# Full/cross-attention lowerings the base graphs are exported with (export --full-attention/--query-block).
+ATTENTION = {"": ("auto", None), "_fa": ("fused", None), "_qb256": ("chunked", 256)}
+
+
+def export_fp32(root: Path, preset, path: Path, attention: str = "") -> Path:
     from acestep_edge.export.graphs import graph_specs
     from acestep_edge.export.onnx_export import export_program, save_program
 
+    full, block = ATTENTION[attention]
+
     def make(p):
-        save_program(export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard"), p)
+        save_program(export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard",
+                                    full_attention=full, query_block=block), p)
 
     return _cached(path, make)
 
@@ -197,16 +204,48 @@ RECIPES = {
     "q_int8_u8s8_rr": ("fp32", _q("dynamic", 8, None, True, None, weight_dtype="int8", reduce_range=True)),
     "q_int8_u8s8": ("fp32", _q("dynamic", 8, None, True, None, weight_dtype="int8")),
     "q_int8_u8s8_fused": ("fused", _q("dynamic", 8, None, True, None, weight_dtype="int8")),
+    "q_int8_u8u8_fa": ("fp32_fa", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
+    "q_int8_u8u8_fused_fa": ("fused_fa", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
+    "q_int8_u8u8_fused_qb256": ("fused_qb256", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
     "q_int4_nbits_b32_acc4": ("fp32", _q("nbits", 4, 32, False, 4)),
+    "q_int4_b64_acc4": ("fp32", _q("nbits", 4, 64, False, 4)),
+    "q_int4_b128_acc4": ("fp32", _q("nbits", 4, 128, False, 4)),
+    "q_int4_b128_acc4_sym": ("fp32", _q("nbits", 4, 128, True, 4)),
+    "q_int4_b32_acc0": ("fp32", _q("nbits", 4, 32, False, 0)),
+    "q_int4_b128_acc4_fused": ("fused", _q("nbits", 4, 128, False, 4)),
     "q_int4_nbits_b32_acc4_fused": ("fused", _q("nbits", 4, 32, False, 4)),
 }
+# Runtime variants: name → (the recipe whose file it loads, int8 weight form at session creation or None
+# for the file as stored, session settings for `session_options`). The form is applied by the runtime's own
+# rewrite (runtime/int8_form.py), as a bundle's session gets it; "chosen" = what this CPU's flags pick.
+RUNTIME = {
+    "int8_shipped_u8": ("q_int8_u8u8", "u8", {}),
+    "int8_s8": ("q_int8_u8u8", "s8", {}),
+    "int8_chosen": ("q_int8_u8u8", "chosen", {}),
+    "int8_s8_fused": ("q_int8_u8u8_fused", "s8", {}),
+    "int8_s8_fa": ("q_int8_u8u8_fa", "s8", {}),
+    "int8_s8_fused_fa": ("q_int8_u8u8_fused_fa", "s8", {}),
+    "int8_s8_fused_qb256": ("q_int8_u8u8_fused_qb256", "s8", {}),
+    "int8_s8_nospin": ("q_int8_u8u8", "s8", {"spin": False}),
+}
+ALL_VARIANTS = list(RECIPES) + list(RUNTIME)
 DEFAULT_VARIANTS = ("torch_fp32", "torch_bf16", "ort_fp32", "q_int8_u8s8", "q_int8_u8u8", "int8_dyn_unfused",
                     "int8_nbits_b32_acc4", "q_int4_nbits_b32_acc4")
 
 
+def variant_runtime(name: str) -> tuple[str | None, dict]:
+    """(int8 weight form, session settings) of a variant."""
+    return RUNTIME[name][1:] if name in RUNTIME else (None, {})
+
+
 def build_variant(name: str, work: Path, fp32: Path) -> Path:
+    name = RUNTIME[name][0] if name in RUNTIME else name
     base, recipe = RECIPES[name]
-    src = fp32 if base == "fp32" else _cached(work / "dit_fused.onnx", lambda p: fused(fp32, p))
+    kind, _, attention = base.partition("_")  # "fp32" | "fused", then an ATTENTION key ("fa", "qb256")
+    attention = f"_{attention}" if attention else ""
+    if attention:
+        fp32 = export_fp32(work / "checkpoint", bench_preset(), work / f"dit_fp32{attention}.onnx", attention)
+    src = fp32 if kind == "fp32" else _cached(work / f"dit_fused{attention}.onnx", lambda p: fused(fp32, p))
     if recipe is None:
         return src
     return _cached(work / f"dit_{name}.onnx", lambda p: recipe(src, p))
@@ -229,13 +268,46 @@ def data_bytes(path: Path) -> int:
 # -- running -----------------------------------------------------------------------------------
 
 
-def ort_session(path: Path, threads: int):
+def session_options(threads: int, options: dict | None = None):
+    """ONNX Runtime settings: `threads` intra-op threads, one inter-op; `options`: opt_level (basic /
+    extended / all), spin (False: no busy-waiting), config (session config entries)."""
     import onnxruntime as ort
 
+    options = options or {}
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    level = options.get("opt_level", "all")
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    if options.get("spin") is False:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in options.get("config", {}).items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def create_session(path: Path, so, form: str | None):
+    """A CPU session of `path`, its DynamicQuantizeMatMul weights in `form` (u8/s8/chosen; None: as stored)."""
+    import onnxruntime as ort
+
+    if form is None:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), None
+    from acestep_edge.runtime.cpu_features import int8_weight_form
+    from acestep_edge.runtime.int8_form import staged_model, stored_form
+
+    if form == "chosen":
+        form = int8_weight_form(stored_form(path.read_bytes())[0] or "u8", override="auto")[0]
+    staged, rewrite, cleanup = staged_model(path, form)
+    try:
+        return ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"]), rewrite
+    finally:
+        cleanup()
+
+
+def ort_session(path: Path, threads: int, form: str | None = None, options: dict | None = None):
+    return create_session(path, session_options(threads, options), form)[0]
 
 
 class TorchRunner:
@@ -254,8 +326,8 @@ class TorchRunner:
 
 
 class OrtRunner:
-    def __init__(self, path: Path, threads: int, feed: dict):
-        self.session = ort_session(path, threads)
+    def __init__(self, path: Path, threads: int, feed: dict, name: str | None = None):
+        self.session = ort_session(path, threads, *variant_runtime(name or ""))
         self.feed = feed
 
     def __call__(self):
@@ -278,7 +350,7 @@ def rss_child(name: str, target: str, threads: int) -> None:
     preset = bench_preset()
     feed = inputs(preset)
     runner = (TorchRunner(Path(target), name.split("_")[1], feed) if name in TORCH_VARIANTS
-              else OrtRunner(Path(target), threads, feed))
+              else OrtRunner(Path(target), threads, feed, name))
     runner()
     print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
 
@@ -305,7 +377,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dit_cpu_precision"),
                         help="folder for the checkpoint and the ONNX variants (reused when present)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
-                        choices=list(TORCH_VARIANTS) + list(RECIPES))
+                        choices=list(TORCH_VARIANTS) + ALL_VARIANTS)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between forwards (thread pools go idle)")
@@ -352,7 +424,7 @@ def main(argv=None) -> None:
     runners = {}
     for name in args.variants:
         runners[name] = (TorchRunner(root, name.split("_")[1], feed) if name in TORCH_VARIANTS
-                         else OrtRunner(targets[name], args.threads, feed))
+                         else OrtRunner(targets[name], args.threads, feed, name))
     ref_runner = runners.get("ort_fp32") or OrtRunner(fp32, args.threads, feed)
     outs = {name: run() for name, run in runners.items()}  # warm-up round
     ref = outs.get("ort_fp32")
@@ -391,18 +463,9 @@ def main(argv=None) -> None:
 
 
 def cpu_summary() -> str:
-    flags, model = set(), "?"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                if line.startswith("model name") and model == "?":
-                    model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
-    return f"{model}; " + " ".join(f for f in wanted if f in flags) + f"; absent: {' '.join(f for f in wanted if f not in flags)}"
+    from acestep_edge.runtime.cpu_features import cpu_summary as summary
+
+    return summary()
 
 
 def config_summary(preset) -> dict:

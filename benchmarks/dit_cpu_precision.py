@@ -1,8 +1,15 @@
 """DiT forward on CPU per precision: ONNX Runtime fp32 / int8 / int4 beside PyTorch fp32 and bf16, one run.
 
     PYTHONPATH=$PWD python benchmarks/dit_cpu_precision.py [--work DIR] [--repeats 5] [--threads 2]
-        [--variants torch_fp32 torch_bf16 ort_fp32 q_int8_u8s8 ...] [--quant-api CHECKOUT]
-        [--json out.json] [--no-rss]
+        [--variants torch_fp32 torch_bf16 ort_fp32 int8_chosen ...] [--quant-api CHECKOUT]
+        [--json out.json] [--no-rss] [--no-spin]
+
+The default variants make the whole CPU table of issue 19 (DEFAULT_VARIANTS); the first line printed
+names the CPU and its flags. `int8_*` variants load the int8 graph as the runtime does: `int8_shipped_u8`
+as stored (u8 weights, zero point 128), `int8_s8` rewritten to s8, `int8_chosen` in the form this CPU's
+flags pick (runtime/cpu_features.py, runtime/int8_form.py); `_fused` / `_fa` / `_qb256` add fused
+projections, the fused full-attention lowering, or query blocks of 256. `--no-spin` stops thread
+busy-waiting: on a loaded machine CPU time then counts work only.
 
 The model: the DiT of 8 layers × 1024 hidden (8 query / 4 KV heads, head_dim 128, intermediate
 3072, alternating ±128 sliding / full layers as XL; encoder side as the tiny preset), a seeded
@@ -157,6 +164,7 @@ model = ir.load(src)
 q.quantize_model(model, q.QuantScheme(**kw))
 ir.save(model, dst, external_data=dst.rsplit("/", 1)[-1] + ".data", size_threshold_bytes=1024)
 """
+NO_SPIN = False  # --no-spin: every ONNX Runtime session without busy-waiting threads
 QUANT_API: str | None = None  # --quant-api: a source checkout whose export/quantize.py provides the passes
 
 
@@ -229,8 +237,11 @@ RUNTIME = {
     "int8_s8_nospin": ("q_int8_u8u8", "s8", {"spin": False}),
 }
 ALL_VARIANTS = list(RECIPES) + list(RUNTIME)
-DEFAULT_VARIANTS = ("torch_fp32", "torch_bf16", "ort_fp32", "q_int8_u8s8", "q_int8_u8u8", "int8_dyn_unfused",
-                    "int8_nbits_b32_acc4", "q_int4_nbits_b32_acc4")
+# The issue-19 table: PyTorch fp32/bf16, ORT fp32, int8 as stored (u8) and in the form this CPU gets, the
+# fastest int8 graph variant measured (fused projections + fused full attention), MatMulNBits int8, and int4
+# as shipped before (blocks of 32) and now (blocks of 128), with accuracy level 0 for comparison.
+DEFAULT_VARIANTS = ("torch_fp32", "torch_bf16", "ort_fp32", "int8_shipped_u8", "int8_chosen", "int8_s8_fused_fa",
+                    "int8_nbits_b32_acc4", "q_int4_nbits_b32_acc4", "q_int4_b128_acc4", "q_int4_b32_acc0")
 
 
 def variant_runtime(name: str) -> tuple[str | None, dict]:
@@ -273,7 +284,9 @@ def session_options(threads: int, options: dict | None = None):
     extended / all), spin (False: no busy-waiting), config (session config entries)."""
     import onnxruntime as ort
 
-    options = options or {}
+    options = dict(options or {})
+    if NO_SPIN:
+        options["spin"] = False
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -385,13 +398,21 @@ def main(argv=None) -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant RSS subprocesses")
     parser.add_argument("--quant-api", metavar="CHECKOUT",
                         help="source checkout providing export/quantize.py for the q_* variants (run in a subprocess)")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="threads sleep instead of busy-waiting (ORT allow_spinning=0, OMP_WAIT_POLICY=PASSIVE): "
+                             "on a loaded machine CPU time then measures work, not waiting")
     parser.add_argument("--rss-child", nargs=2, metavar=("NAME", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         rss_child(*args.rss_child, args.threads)
         return
-    global QUANT_API
+    global QUANT_API, NO_SPIN
     QUANT_API = args.quant_api
+    if args.no_spin:
+        import os
+
+        NO_SPIN = True
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before import
 
     import onnx
     import onnxruntime
@@ -399,7 +420,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "cpu": cpu_summary(), "threads": args.threads,
+                "onnxruntime": onnxruntime.__version__, "cpu": cpu_summary(), "threads": args.threads, "no_spin": args.no_spin,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(versions), flush=True)
     work = args.work

@@ -84,13 +84,16 @@ def split_table(result: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="int8_s8", choices=bench.ALL_VARIANTS)
+    parser.add_argument("--variant", default="int8_chosen", choices=bench.ALL_VARIANTS)
     parser.add_argument("--work", type=Path, default=Path("/tmp/dit_cpu_precision"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--top", type=int, default=20, help="heaviest single nodes to list")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="threads sleep instead of busy-waiting (loaded machines)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    bench.NO_SPIN = args.no_spin
 
     args.work.mkdir(parents=True, exist_ok=True)
     preset = bench.bench_preset()
@@ -99,7 +102,8 @@ def main(argv=None) -> None:
     fp32 = bench.export_fp32(root, preset, args.work / "dit_fp32.onnx")
     path = bench.build_variant(args.variant, args.work, fp32)
     form, options = bench.variant_runtime(args.variant)
-    print(json.dumps({"variant": args.variant, "form": form, "options": options, "cpu": bench.cpu_summary(),
+    print(json.dumps({"variant": args.variant, "form": form, "options": options, "no_spin": args.no_spin,
+                      "cpu": bench.cpu_summary(),
                       "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))
     result = profile(path, args.threads, args.runs, feed, form, options)
     print(split_table(result))

@@ -296,6 +296,8 @@ def staged_model(path: Path, target: str):
     stage = _stage_dir(path.parent)
     try:
         for name in external_files(model_bytes):
+            if Path(name).name != name or name in ("", ".", ".."):  # ONNX Runtime's rule: inside the model's folder
+                raise ValueError(f"{path}: external data location {name!r} is not a file beside the graph")
             _link_or_copy(path.parent / name, Path(stage) / name)
         new_bytes, rewrite = rewrite_model(model_bytes, target, path.parent, Path(stage))
         staged = Path(stage) / path.name
@@ -314,7 +316,7 @@ def _stage_dir(bundle: Path) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    if "/" in str(Path(src.name)) or not src.is_file():
+    if not src.is_file():
         raise ValueError(f"external data file {src} is missing")
     try:
         os.link(src, dst)

@@ -115,6 +115,17 @@ def test_rewritten_types_and_zero_points(tmp_path):
     assert staged_model(path, "u8")[0] == path  # already the stored form: loaded as is
 
 
+def test_data_outside_the_graph_folder_is_refused(tmp_path):
+    """Staging must not let a graph reach a data file ONNX Runtime itself would refuse (outside its folder)."""
+    path = write_model(tmp_path / "m", "u8", external=True)
+    (tmp_path / "m" / "dit.onnx.data").rename(tmp_path / "elsewh.dat")
+    outside = b"../elsewh.dat"  # as long as "dit.onnx.data": the protobuf lengths stay valid
+    path.write_bytes(path.read_bytes().replace(b"dit.onnx.data", outside))
+    with pytest.raises(ValueError, match="not a file beside the graph"):
+        staged_model(path, "s8")
+    assert not list((tmp_path / "m").glob(".int8-form-*"))
+
+
 def test_no_int8_graph_is_left_alone(tmp_path):
     graph = _ld(1, _ld(1, b"x") + _ld(2, b"y") + _ld(4, b"Relu")) + _ld(11, _value_info("x", 1, [2])) + \
         _ld(12, _value_info("y", 1, [2]))

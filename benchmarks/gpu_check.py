@@ -121,6 +121,9 @@ class Check:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work)
+        # Per-step logs beside the bundles; $OUT gets one joined log (a device call returns at most 8 files).
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.results: dict = {"dry_run": args.dry_run, "args": vars(args), "steps": {}}
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                         PYTHONUNBUFFERED="1")
@@ -133,8 +136,8 @@ class Check:
         (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
 
     def spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.out / f"{log_name}.log", "w")
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env, cwd=ROOT)
+        with open(self.logs / f"{log_name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env, cwd=ROOT)
 
     def finish(self, proc: subprocess.Popen, step: str, started: float) -> dict:
         """Wait within the budget; the child's last stdout line is its JSON result."""
@@ -147,9 +150,10 @@ class Check:
         else:
             lines = stdout.strip().splitlines()
             if proc.returncode != 0 or not lines:
-                result = {"error": f"exit {proc.returncode}; see {step}.log"}
+                result = {"error": f"exit {proc.returncode}; see gpu_check.log, ===== {step}"}
             elif step.startswith("export"):  # `acestep-edge export` prints the bundle's inspect summary
-                (self.out / f"{step}.log").open("a").write(stdout)
+                with (self.logs / f"{step}.log").open("a") as fh:
+                    fh.write(stdout)
                 result = {"inspect": lines}
             else:
                 result = json.loads(lines[-1])
@@ -158,6 +162,11 @@ class Check:
         _log(f"[{time.perf_counter() - self.start:6.1f} s] {step}: "
              f"{'ok' if 'error' not in result else result['error']} ({result['wall_s']:.1f} s)")
         return result
+
+    def join_logs(self) -> None:
+        with (self.out / "gpu_check.log").open("w") as out:
+            for log in sorted(self.logs.glob("*.log"), key=lambda p: p.stat().st_mtime):
+                out.write(f"===== {log.stem}\n{log.read_text(errors='replace')[-20000:]}\n")
 
     def child(self, step: str, *argv: str) -> subprocess.Popen:
         return self.spawn([sys.executable, str(Path(__file__)), "--child", step, *argv], step)
@@ -283,6 +292,7 @@ def main_parent(args) -> int:
     (check.out / "gpu_check_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     check.save("table", lines)
+    check.join_logs()
     return 0 if check.results["cuda_ok"] and rows and all("error" not in r for _, r in rows) else 1
 
 
@@ -298,7 +308,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cuda-graph", action="store_true", help="capture the DiT in CUDA graphs")
     ap.add_argument("--fresh", action="store_true", help="export again even where --work holds the bundles")
-    ap.add_argument("--budget-s", type=float, default=530.0, help="stop waiting for steps after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=490.0,
+                    help="stop waiting for steps after this many seconds (the .sh kills the check at 510 s)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bundle"), ap.add_argument("--checkpoint"), ap.add_argument("--provider")
     ap.add_argument("--device")

@@ -47,6 +47,6 @@ if (( ! dry )); then
         echo "gpu_check: no wheels in $wheels: running with the machine's onnxruntime (CPU build?)" >&2
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
-    exec timeout 560 "$py" "$here/gpu_check.py" "$@"
+    exec timeout 510 "$py" "$here/gpu_check.py" "$@"
 fi
 exec "$py" "$here/gpu_check.py" "$@"

@@ -52,3 +52,7 @@ def test_dry_run_prints_every_row_with_finite_numbers(tmp_path):
     assert steps["render_int8"]["attention"]["full"] == "chunked"
     assert steps["render_int8"]["quantization"]["provider"] == "cuda"  # MatMulNBits, the GPU int8 scheme
     assert steps["render_fp16"]["dit_steps"] == steps["render_int8"]["dit_steps"] == 2
+    # What a device call brings back: at most 8 files; the children's logs are joined into one.
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["gpu_check.json", "gpu_check.log", "gpu_check_table.md"]
+    assert "===== export_fp16" in (out / "gpu_check.log").read_text()

@@ -78,9 +78,9 @@ def full_attention_form(mode: str, masked: bool, causal: bool) -> str:
     """'chunked' or 'fused' for one full/cross attention call under `mode` and the active setting.
 
     ``auto``: on a flash target (`flash_target`) an unmasked bidirectional call stays fused, the one
-    op CUDA runs as Flash. Otherwise: ONNX Runtime's CPU ``Attention`` (standard) always builds the [B, H, Lq, Lk] scores;
-    its CPU ``MultiHeadAttention`` (ort) runs a tiled flash kernel unless there is a mask or causal
-    flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
+    op CUDA runs as Flash. Otherwise: ONNX Runtime's CPU ``Attention`` (standard) always builds the
+    [B, H, Lq, Lk] scores; its CPU ``MultiHeadAttention`` (ort) runs a tiled flash kernel unless there
+    is a mask or causal flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
     """
     if _full_attention != "auto":
         form = _full_attention

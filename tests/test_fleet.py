@@ -171,6 +171,9 @@ def test_websocket_protocol_through_the_proxy(fleet, references):
 def test_validation_errors_are_the_servers(fleet):
     status, body, headers = fleet.request("GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")  # the studio page
+    status, body, _ = fleet.request("GET", "/health")
+    assert status == 200 and body["providers"]["dit"] == ["CPUExecutionProvider"], body  # a renderer's sessions
+    assert body["fleet"]["maxReplicas"] == 2 and body["queue"]["capacity"] == 16, body
     status, body = fleet.post([task(str(uuid.uuid4()), steps=0)])
     assert status == 400 and body["errors"][0]["parameter"] == "steps", body
     status, body = fleet.post([task(str(uuid.uuid4()), routing={})])

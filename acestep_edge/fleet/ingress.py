@@ -318,9 +318,12 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         app, fleet = create_app(self.fleet, self.options), self.fleet
+        info = app.app.state.server.info  # what GET /health shows
 
         async def started(scope, receive, send):
-            fleet._start_poller()  # at the replica's first ASGI event (lifespan start-up): it adopts orphans
+            if fleet._poller is None:  # the replica's first ASGI event (lifespan start-up)
+                fleet._start_poller()  # it also adopts tasks of a dead ingress replica
+                asyncio.get_running_loop().create_task(_renderer_info(fleet.handle, info))
             return await app(scope, receive, send)
 
         return started
@@ -333,3 +336,13 @@ def _alive(actor_name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _renderer_info(handle, info: dict) -> None:
+    """Show a renderer's sessions in /health: the providers and precisions the renders really use."""
+    try:
+        found = await handle.info.remote()
+    except Exception:  # no renderer yet (or none left): /health keeps the bundle facts
+        log.warning("could not ask a renderer replica for its providers", exc_info=True)
+        return
+    info["providers"], info["precisions"] = found["providers"], found["precisions"]

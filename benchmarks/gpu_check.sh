@@ -46,7 +46,7 @@ if (( ! dry )); then
     else
         echo "gpu_check: no wheels in $wheels: running with the machine's onnxruntime (CPU build?)" >&2
     fi
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
     exec timeout 510 "$py" "$here/gpu_check.py" "$@"
 fi
 exec "$py" "$here/gpu_check.py" "$@"

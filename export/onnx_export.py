@@ -25,7 +25,7 @@ class ExportError(RuntimeError):
 
 @contextlib.contextmanager
 def _lowering(ops: str | None, full_attention: str, query_block: int, sliding_attention: str = "auto",
-              mlp_chunk: int = 0):
+              mlp_chunk: int = 0, flash: bool = False):
     """(custom translation table, {attention kind: forms used}) while tracing under `ops` (None: eager)."""
     if ops is None:
         yield {}, {}
@@ -33,7 +33,7 @@ def _lowering(ops: str | None, full_attention: str, query_block: int, sliding_at
     from acestep_edge.kernels.lowering import translation_table, use_lowering
 
     with use_lowering(ops, full_attention=full_attention, query_block=query_block,
-                      sliding_attention=sliding_attention, mlp_chunk=mlp_chunk) as used:
+                      sliding_attention=sliding_attention, mlp_chunk=mlp_chunk, flash=flash) as used:
         yield translation_table(ops, OPSET), used
 
 
@@ -58,30 +58,32 @@ def _quiet_exporter():
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
                    args: tuple | None = None, optimize: bool = True, full_attention: str = "auto",
-                   query_block: int | None = None, sliding_attention: str = "auto", mlp_chunk: int | None = None):
+                   query_block: int | None = None, sliding_attention: str = "auto", mlp_chunk: int | None = None,
+                   flash: bool = False):
     """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
 
     `ops` picks the kernels' ONNX forms (None: trace the eager torch code); `full_attention` ('auto',
     'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it,
-    `sliding_attention` ('auto', 'chunked', 'blocked') the sliding-window one (kernels/lowering.py),
-    `mlp_chunk` the tokens per chunk of the DiT's MLPs (default 512, 0 = whole sequence; the
-    markers are turned into Scans when the graph is saved: export/token_chunks.py). The choices and the forms the graph ended up with are written into the model's metadata
-    (`attention_record` reads them back).
+    `sliding_attention` ('auto', 'chunked', 'blocked') the sliding-window one (kernels/lowering.py);
+    `flash` tells `auto` the graph's provider has a flash kernel (kernels/lowering.py `flash_target`);
+    `mlp_chunk` the tokens per chunk of the DiT's MLPs (default 512, 0 for a flash target; 0 = whole sequence; the markers
+    become Scans when the graph is saved: export/token_chunks.py). The choices and the forms the
+    graph ended up with are written into the model's metadata (`attention_record` reads them back).
     """
     from acestep_edge.kernels.lowering import (DEFAULT_MLP_CHUNK, DEFAULT_QUERY_BLOCK, check_full_attention,
                                                check_mlp_chunk, check_sliding_attention)
 
     query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
-    mlp_chunk = DEFAULT_MLP_CHUNK if mlp_chunk is None else check_mlp_chunk(mlp_chunk)
+    # Default: chunks, except for a flash (GPU fp16) target, whose DiT stays Scan-free (kernels/lowering.py).
+    mlp_chunk = (0 if flash else DEFAULT_MLP_CHUNK) if mlp_chunk is None else check_mlp_chunk(mlp_chunk)
     check_full_attention(full_attention, query_block)
     check_sliding_attention(sliding_attention)
     if args is None:
         args = spec.example(example_sizes(), preset, torch.Generator().manual_seed(0))
     module = module.eval()
     try:
-        with _lowering(ops, full_attention, query_block, sliding_attention, mlp_chunk) as (table, used), \
-                _quiet_exporter(), \
-                torch.no_grad():
+        with _lowering(ops, full_attention, query_block, sliding_attention, mlp_chunk, flash) as (table, used), \
+                _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=spec.dynamic(),
                 input_names=[i.name for i in spec.inputs], output_names=[o.name for o in spec.outputs],

@@ -4,8 +4,8 @@ The tiny checkpoint's `dit` graph is exported with the defaults (MLP chunks of 5
 sliding attention), with the lowering before it (`--mlp-chunk 0 --sliding-attention blocked`) and
 with 7-token chunks (many chunks and a padded last one at every length), then run at lengths from
 one token to past the default chunk: fp32 outputs agree to rounding. The precision passes still
-rewrite the MLP's MatMuls (they run before the markers become Scans), and the manifest records
-the lowering.
+rewrite the MLP's MatMuls (they run before the markers become Scans), except that the CPU int8
+scheme keeps its MLPs whole, and the manifest records the lowering.
 """
 
 from __future__ import annotations
@@ -95,17 +95,30 @@ def test_manifest_and_graph_record_the_lowering(bundles):
     assert "MLP in chunks" not in inspect_bundle(bundles["before"])
 
 
-@pytest.mark.parametrize("precision,op", [("int8", "DynamicQuantizeMatMul"), ("fp16", "MatMul")])
-def test_precision_passes_still_rewrite_the_chunked_mlp(tiny_official, tmp_path, precision, op):
+@pytest.mark.parametrize("precision,target,op", [("int4", "cpu", "MatMulNBits"), ("fp16", "cpu", "MatMul"),
+                                                 ("int8", "gpu", "MatMulNBits")])
+def test_precision_passes_still_rewrite_the_chunked_mlp(tiny_official, tmp_path, precision, target, op):
     out = export_bundle(tiny_official, tmp_path / precision, layout="official", ops="standard", graphs=["dit"],
-                        precision=precision, mlp_chunk=7, parity=True)
+                        precision=precision, target=target, mlp_chunk=7, parity=True)
     entry = json.loads((out / "manifest.json").read_text())["graphs"]["dit"]
     assert entry["mlp"]["form"] == "chunked"
     assert entry["parity"]["max_rel_err"] <= budget_for("dit", precision)  # vs the torch fp32 module
     model = onnx.load(str(out / "dit.onnx"), load_external_data=False)
     mlp = [s for s in model.graph.node if s.op_type == "Scan" and _body_ops(s).count(op) == 3]
     assert len(mlp) == 4
-    if precision == "int8":  # the MLP weights were quantised, not left in fp32 inside the Scan
+    if op == "MatMulNBits":  # the MLP weights were quantised, not left in fp32 inside the Scan
         assert all("MatMul" not in _body_ops(s) for s in mlp)
     else:
         assert all(_body_ops(s).count("Cast") >= 6 for s in mlp)  # fp16 MatMuls between fp32 casts
+
+
+def test_cpu_int8_keeps_its_mlps_in_the_main_graph(tiny_official, tmp_path):
+    """DynamicQuantizeMatMul stays top-level: the runtime flips its weights s8/u8 there (runtime/int8_form.py)."""
+    out = export_bundle(tiny_official, tmp_path / "int8", layout="official", ops="standard", graphs=["dit"],
+                        precision="int8", target="cpu", mlp_chunk=7, parity=True)
+    entry = json.loads((out / "manifest.json").read_text())["graphs"]["dit"]
+    assert entry["mlp"]["form"] == "plain" and "DynamicQuantizeMatMul" in entry["mlp"]["why"]
+    assert entry["parity"]["max_rel_err"] <= budget_for("dit", "int8")
+    model = onnx.load(str(out / "dit.onnx"), load_external_data=False)
+    assert sum(n.op_type == "DynamicQuantizeMatMul" for n in model.graph.node) == entry["quantization"]["rewritten_ops"]
+    assert not any(n.domain.startswith("ai.acestep") for n in model.graph.node)

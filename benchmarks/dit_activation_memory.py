@@ -139,7 +139,7 @@ def xl_two_layer_preset():
 
 
 def export_graph(path: Path, settings: dict) -> None:
-    """(runs in a subprocess) seeded random XL-width two-layer DiT → `dit` graph at `path`, as the bundle exports it."""
+    """(in a subprocess) seeded random XL-width two-layer DiT → `dit` graph at `path`, as the bundle exports it."""
     import inspect
     import types
 
@@ -154,8 +154,10 @@ def export_graph(path: Path, settings: dict) -> None:
     spec = graph_specs(preset)["dit"]  # default adapter targets, as `acestep-edge export`
     kwargs = {"full_attention": settings["full_attention"]}
     known = inspect.signature(export_program).parameters  # so the same script measures older exporters
-    if settings["mlp_chunk"] is not None and "mlp_chunk" in known:
-        kwargs["mlp_chunk"] = settings["mlp_chunk"]
+    if "mlp_chunk" in known:  # None: what export_bundle uses for a CPU fp32 graph
+        from acestep_edge.kernels.lowering import default_mlp_chunk
+
+        kwargs["mlp_chunk"] = default_mlp_chunk(False) if settings["mlp_chunk"] is None else settings["mlp_chunk"]
     if "sliding_attention" in known:
         kwargs["sliding_attention"] = settings["sliding_attention"]
     program = export_program(spec, DiTGraph(types.SimpleNamespace(decoder=dit)), preset, settings["ops"], **kwargs)

@@ -20,7 +20,7 @@ from acestep_edge.export.onnx_export import ExportError, attention_record, expor
 from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan
 from acestep_edge.export.token_chunks import chunk_record
 from acestep_edge.kernels.lowering import (DEFAULT_QUERY_BLOCK, check_full_attention, check_mlp_chunk,
-                                           check_sliding_attention, flash_target)
+                                           check_sliding_attention, default_mlp_chunk, flash_target)
 from acestep_edge.models.checkpoint import load_checkpoint
 
 # Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
@@ -169,7 +169,12 @@ class _Job:
     log: Callable[[str], None]
     adapter_targets: str = "attention"
     sliding_attention: str = "auto"
-    mlp_chunk: int | None = None
+    mlp_chunk: int | None = None  # None: kernels.lowering.default_mlp_chunk for the graph's target
+
+    def mlp_chunk_for(self, precision: str) -> int:
+        if self.mlp_chunk is not None:
+            return self.mlp_chunk
+        return default_mlp_chunk(flash_target(self.target, precision))
 
 
 def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
@@ -181,7 +186,7 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
     if lazy is None:
         program = export_program(spec, module, job.preset, job.ops, full_attention=job.full_attention,
                                  query_block=job.query_block, sliding_attention=job.sliding_attention,
-                                 mlp_chunk=job.mlp_chunk, flash=flash_target(job.target, precision))
+                                 mlp_chunk=job.mlp_chunk_for(precision), flash=flash_target(job.target, precision))
     else:
         program = low_memory.trace_on_meta(spec, module, job, lazy)
     attention = attention_record(program.model)

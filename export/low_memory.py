@@ -78,7 +78,7 @@ def trace_on_meta(spec, module, job, lazy: tuple):
     # optimize=False: the optimizer's constant folding would need the weights' values.
     program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
                              optimize=False, full_attention=job.full_attention, query_block=job.query_block,
-                             sliding_attention=job.sliding_attention, mlp_chunk=job.mlp_chunk,
+                             sliding_attention=job.sliding_attention, mlp_chunk=job.mlp_chunk_for(job.plan[spec.name]),
                              flash=flash_target(job.target, job.plan[spec.name]))
     attach_lazy_weights(program.model, wrapper_names(module, model), source)
     return program

@@ -58,7 +58,7 @@ def _quiet_exporter():
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
                    args: tuple | None = None, optimize: bool = True, full_attention: str = "auto",
-                   query_block: int | None = None, sliding_attention: str = "auto", mlp_chunk: int | None = None,
+                   query_block: int | None = None, sliding_attention: str = "auto", mlp_chunk: int = 0,
                    flash: bool = False):
     """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
 
@@ -66,16 +66,16 @@ def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | 
     'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it,
     `sliding_attention` ('auto', 'chunked', 'blocked') the sliding-window one (kernels/lowering.py);
     `flash` tells `auto` the graph's provider has a flash kernel (kernels/lowering.py `flash_target`);
-    `mlp_chunk` the tokens per chunk of the DiT's MLPs (default 512, 0 for a flash target; 0 = whole sequence; the markers
-    become Scans when the graph is saved: export/token_chunks.py). The choices and the forms the
+    `mlp_chunk` > 0 marks the DiT's MLPs for token chunks of that many tokens (0, the default here:
+    none; export_bundle passes `default_mlp_chunk`): the markers become Scans in `save_program`, so
+    such a program must be saved with it (export/token_chunks.py). The choices and the forms the
     graph ended up with are written into the model's metadata (`attention_record` reads them back).
     """
-    from acestep_edge.kernels.lowering import (DEFAULT_MLP_CHUNK, DEFAULT_QUERY_BLOCK, check_full_attention,
-                                               check_mlp_chunk, check_sliding_attention)
+    from acestep_edge.kernels.lowering import (DEFAULT_QUERY_BLOCK, check_full_attention, check_mlp_chunk,
+                                               check_sliding_attention)
 
     query_block = DEFAULT_QUERY_BLOCK if query_block is None else query_block
-    # Default: chunks, except for a flash (GPU fp16) target, whose DiT stays Scan-free (kernels/lowering.py).
-    mlp_chunk = (0 if flash else DEFAULT_MLP_CHUNK) if mlp_chunk is None else check_mlp_chunk(mlp_chunk)
+    check_mlp_chunk(mlp_chunk)
     check_full_attention(full_attention, query_block)
     check_sliding_attention(sliding_attention)
     if args is None:

@@ -87,7 +87,8 @@ def attention_local(q, k, v, key_padding_mask=None, causal: bool = False, scale:
     q5 = op.Reshape(q, op.Constant(value_ints=[0, hkv, groups, -1, d]))  # [B, Hkv, G, L, D] (a view)
     pads = op.Constant(value_ints=[0, 0, halo * block, 0, 0, 0, (halo + 1) * block, 0])
     kp, vp = op.Pad(k, pads), op.Pad(v, pads)  # [B, Hkv, L + (2h+1)·block, D], once for all steps
-    ones = op.Expand(op.Constant(value_float=1.0), op.Concat(op.Shape(q, start=0, end=1), length, axis=0))  # [B, L]
+    batch_and_length = op.Concat(op.Shape(q, start=0, end=1), length, axis=0)
+    ones = op.Expand(op.Constant(value_float=1.0), batch_and_length)  # [B, L]
     if key_padding_mask is not None:
         ones = op.Mul(ones, op.Cast(key_padding_mask, to=ir.DataType.FLOAT))
     valid = op.Pad(ones, op.Constant(value_ints=[0, halo * block, 0, (halo + 1) * block]))

@@ -109,6 +109,11 @@ def query_block() -> int:
     return _query_block
 
 
+def default_mlp_chunk(flash: bool) -> int:
+    """The DiT MLP chunk an export uses unless told: none for a flash target (its DiT stays Scan-free)."""
+    return 0 if flash else DEFAULT_MLP_CHUNK
+
+
 def mlp_chunk() -> int:
     """Tokens per chunk of the DiT's MLP (0: not chunked); kernels/token_chunks.py."""
     return _mlp_chunk

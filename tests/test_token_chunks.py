@@ -74,7 +74,8 @@ def test_new_lowering_matches_the_old_one_in_fp32(bundles):
 
 
 def test_manifest_and_graph_record_the_lowering(bundles):
-    entries = {name: json.loads((path / "manifest.json").read_text())["graphs"]["dit"] for name, path in bundles.items()}
+    entries = {name: json.loads((path / "manifest.json").read_text())["graphs"]["dit"]
+               for name, path in bundles.items()}
     assert entries["default"]["mlp"] == {"form": "chunked", "chunk": 512, "regions": 4}
     assert entries["chunk7"]["mlp"] == {"form": "chunked", "chunk": 7, "regions": 4}
     assert entries["before"]["mlp"] == {"form": "plain", "chunk": None, "regions": 0}

@@ -123,3 +123,17 @@ def test_cpu_int8_keeps_its_mlps_in_the_main_graph(tiny_official, tmp_path):
     model = onnx.load(str(out / "dit.onnx"), load_external_data=False)
     assert sum(n.op_type == "DynamicQuantizeMatMul" for n in model.graph.node) == entry["quantization"]["rewritten_ops"]
     assert not any(n.domain.startswith("ai.acestep") for n in model.graph.node)
+
+
+def test_mlp_adapter_side_paths_move_into_the_chunks(tiny_official, tmp_path):
+    """`--adapter-targets attention+mlp`: the side paths on gate/up/down run inside the MLP's Scan, same output."""
+    out = {chunk: export_bundle(tiny_official, tmp_path / f"c{chunk}", layout="official", ops="standard",
+                                graphs=["dit"], parity=False, adapter_targets="attention+mlp", mlp_chunk=chunk)
+           for chunk in (0, 7)}
+    sessions = {c: ort.InferenceSession(str(p / "dit.onnx"), providers=["CPUExecutionProvider"])
+                for c, p in out.items()}
+    assert any(i.name == "lora_a.mlp.gate_proj" for i in sessions[7].get_inputs())
+    rng = np.random.default_rng(5)
+    for frames in (15, 519):
+        feeds = _feeds(sessions[0], frames, rng)  # random non-zero factors: the side paths add something
+        assert rel_err(sessions[7].run(None, feeds)[0], sessions[0].run(None, feeds)[0]) < TOL, frames

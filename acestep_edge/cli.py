@@ -15,6 +15,7 @@ COMMANDS = {
     "inspect": ("acestep_edge.export.cli", "inspect_command"),
     "serve": ("acestep_edge.server.cli", "serve_command"),
     "bench": ("acestep_edge.bench.cli", "bench_command"),
+    "fleet": ("acestep_edge.fleet.cli", "fleet_command"),
 }
 
 
@@ -54,6 +55,7 @@ def main(ctx):
       acestep-edge inspect BUNDLE --verify
       acestep-edge serve --bundle BUNDLE           HTTP endpoint + web studio (needs the [server] extra)
       acestep-edge bench --bundle BUNDLE [--torch]   time renders stage by stage
+      acestep-edge fleet --bundle BUNDLE           the same endpoint on Ray Serve replicas ([fleet] extra)
     """
     if ctx.invoked_subcommand is None:  # no command: the help, on stdout, exit 0
         click.echo(ctx.get_help())

@@ -19,7 +19,7 @@ from acestep_edge.export.manifest import build_manifest, default_command, graph_
 from acestep_edge.export.onnx_export import ExportError, attention_record, export_program, save_program
 from acestep_edge.export.precision import apply_precision, budget_for, parse_graph_precision, plan
 from acestep_edge.export.vae_layout import conv1d_as_conv2d, fold_weight_norm
-from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
+from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention, flash_target
 from acestep_edge.models.checkpoint import load_checkpoint
 
 # Which load_checkpoint component each group of graphs needs; loaded one at a time to bound memory.
@@ -171,7 +171,7 @@ def _export_one(spec, module, job: _Job, lazy: tuple | None = None) -> dict:
             f"{', traced on meta' if lazy else ''})")
     if lazy is None:
         program = export_program(spec, module, job.preset, job.ops, full_attention=job.full_attention,
-                                 query_block=job.query_block)
+                                 query_block=job.query_block, flash=flash_target(job.target, precision))
     else:
         program = low_memory.trace_on_meta(spec, module, job, lazy)
     attention = attention_record(program.model)

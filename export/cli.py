@@ -53,9 +53,11 @@ def _log(msg: str) -> None:
               show_default=True,
               help="How full and cross attention (not the sliding layers) is lowered: chunked = queries in "
                    "blocks against all keys (an ONNX Scan; memory O(block x keys), no score matrix), fused = "
-                   "the --ops form (Attention, MultiHeadAttention, or MatMul/Softmax). auto = chunked where "
-                   "ONNX Runtime's CPU kernel for the --ops form would build the full score matrix "
-                   "(standard always; ort with a mask or causal), fused otherwise (see kernels/README.md).")
+                   "the --ops form (Attention, MultiHeadAttention, or MatMul/Softmax). auto = fused for unmasked "
+                   "attention in the fp16 graphs of --target gpu (CUDA's Flash kernel; the Attention op then "
+                   "runs in fp16); elsewhere chunked where ONNX Runtime's CPU kernel for the --ops form would "
+                   "build the full score matrix (standard always; ort with a mask or causal), fused otherwise "
+                   "(see kernels/README.md).")
 @click.option("--query-block", "query_block", type=click.IntRange(min=1), default=None,
               help="Queries per step of the chunked attention [default: 64]. Smaller uses less memory "
                    "(about batch x heads x block x keys x 4 bytes per step), larger fewer steps.")

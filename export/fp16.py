@@ -82,10 +82,16 @@ def _shared_tables(graph: ir.Graph) -> int:
     return count
 
 
-def convert_fp16(model: ir.Model) -> int:
-    """Rewrite every weight-bearing op with an fp32 constant weight to fp16, in place; returns the count."""
+def convert_fp16(model: ir.Model, attention: bool = False) -> int:
+    """Rewrite every weight-bearing op with an fp32 constant weight to fp16, in place; returns the count.
+
+    `attention`: also run the fused opset-23 `Attention` nodes in fp16 (for a graph meant for CUDA, whose
+    Flash kernel takes only fp16/bf16; it keeps its softmax statistics in fp32 internally).
+    """
     graph = model.graph
     count = _shared_tables(graph)
+    if attention:
+        count += _attention_fp16(graph)
     for node in list(graph):
         spec = _OPS.get(node.op_type)
         if spec is None or node.domain not in ("", "ai.onnx"):
@@ -102,6 +108,32 @@ def convert_fp16(model: ir.Model) -> int:
         count += 1
     count += _computed_weights(graph)
     _store_rest_fp16(graph)
+    return count
+
+
+def _attention_fp16(graph: ir.Graph) -> int:
+    """Fused `Attention` nodes (one output used) with fp16 q, k, v (and a float mask), output cast to fp32."""
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+            continue
+        if any(out.uses() or out in graph.outputs for out in node.outputs[1:]):
+            continue  # KV-cache outputs: not in our graphs; leave such a node as it is
+        new_nodes, inputs = [], []
+        for i, value in enumerate(node.inputs):
+            if value is None or value.dtype != ir.DataType.FLOAT:
+                inputs.append(value)  # absent, or the boolean mask
+                continue
+            cast = _cast(value, ir.DataType.FLOAT16, f"{node.name}_in{i}_fp16")
+            new_nodes.append(cast)
+            inputs.append(cast.outputs[0])
+        half = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()), name=f"{node.name}_fp16",
+                       metadata_props=dict(node.metadata_props))
+        half.outputs[0].type = ir.TensorType(ir.DataType.FLOAT16)
+        half.outputs[0].shape = node.outputs[0].shape
+        cast_out = _cast(half.outputs[0], ir.DataType.FLOAT, f"{node.name}_out_fp32")
+        replace_node(graph, node, [*new_nodes, half, cast_out], cast_out.outputs[0])
+        count += 1
     return count
 
 

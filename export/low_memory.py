@@ -30,6 +30,7 @@ from acestep_edge.export.lazy_weights import (
     wrapper_names,
 )
 from acestep_edge.export.onnx_export import export_program
+from acestep_edge.kernels.lowering import flash_target
 
 LOW_MEMORY_BYTES = 4 * 2**30
 # Peak ONNX Runtime CPU memory per byte of fp32 weights, measured on the XL DiT (benchmarks/RESULTS.md).
@@ -76,7 +77,8 @@ def trace_on_meta(spec, module, job, lazy: tuple):
     example = spec.example(example_sizes(), job.preset, torch.Generator().manual_seed(0))
     # optimize=False: the optimizer's constant folding would need the weights' values.
     program = export_program(spec, module, job.preset, job.ops, args=tuple(a.to("meta") for a in example),
-                             optimize=False, full_attention=job.full_attention, query_block=job.query_block)
+                             optimize=False, full_attention=job.full_attention, query_block=job.query_block,
+                             flash=flash_target(job.target, job.plan[spec.name]))
     attach_lazy_weights(program.model, wrapper_names(module, model), source)
     return program
 

@@ -24,14 +24,14 @@ class ExportError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _lowering(ops: str | None, full_attention: str, query_block: int):
+def _lowering(ops: str | None, full_attention: str, query_block: int, flash: bool = False):
     """(custom translation table, {attention kind: forms used}) while tracing under `ops` (None: eager)."""
     if ops is None:
         yield {}, {}
         return
     from acestep_edge.kernels.lowering import translation_table, use_lowering
 
-    with use_lowering(ops, full_attention=full_attention, query_block=query_block) as used:
+    with use_lowering(ops, full_attention=full_attention, query_block=query_block, flash=flash) as used:
         yield translation_table(ops, OPSET), used
 
 
@@ -56,12 +56,13 @@ def _quiet_exporter():
 
 def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | None = None,
                    args: tuple | None = None, optimize: bool = True, full_attention: str = "auto",
-                   query_block: int | None = None):
+                   query_block: int | None = None, flash: bool = False):
     """Trace `module` to an ONNXProgram with the contract's IO names and symbolic dims.
 
     `ops` picks the kernels' ONNX forms (None: trace the eager torch code); `full_attention` ('auto',
     'chunked', 'fused') and `query_block` (default 64) the full/cross attention lowering under it
-    (kernels/lowering.py). The choices and the forms the graph ended up with are written into the
+    (kernels/lowering.py); `flash` tells `auto` the graph's provider has a flash kernel
+    (kernels/lowering.py `flash_target`). The choices and the forms the graph ended up with are written into the
     model's metadata (`attention_record` reads them back).
     """
     from acestep_edge.kernels.lowering import DEFAULT_QUERY_BLOCK, check_full_attention
@@ -72,7 +73,7 @@ def export_program(spec: GraphSpec, module: torch.nn.Module, preset, ops: str | 
         args = spec.example(example_sizes(), preset, torch.Generator().manual_seed(0))
     module = module.eval()
     try:
-        with _lowering(ops, full_attention, query_block) as (table, used), _quiet_exporter(), torch.no_grad():
+        with _lowering(ops, full_attention, query_block, flash) as (table, used), _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=spec.dynamic(),
                 input_names=[i.name for i in spec.inputs], output_names=[o.name for o in spec.outputs],

@@ -92,7 +92,16 @@ def apply_precision(graph_name: str, precision: str, model, target: str = "cpu")
     if precision == "fp16":
         from acestep_edge.export.fp16 import convert_fp16
 
-        count = convert_fp16(model)
+        from acestep_edge.kernels.lowering import flash_target
+
+        flash = flash_target(target, precision)  # the fused attention in fp16 too: CUDA's Flash takes only fp16
+        count = convert_fp16(model, attention=flash)
+        if flash:
+            return {"op": "fp16 weights: MatMul/Gemm/Conv/ConvTranspose/Gather and fused Attention in fp16, fp32 "
+                          "between them", "bits": 16, "block_size": None, "symmetric": None, "accuracy_level": None,
+                    "provider": "cuda", "rewritten_ops": count,
+                    "why": "halves the weights; the fused Attention runs in fp16 so CUDA can take its Flash kernel "
+                           "(softmax statistics fp32 inside it); norms, rotary and timestep angles stay fp32"}
         return {"op": "fp16 weights: MatMul/Gemm/Conv/ConvTranspose/Gather in fp16, fp32 between them",
                 "bits": 16, "block_size": None, "symmetric": None, "accuracy_level": None,
                 "provider": "any", "rewritten_ops": count,

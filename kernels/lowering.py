@@ -12,8 +12,10 @@ blocked local lowering in every mode.
 Full and cross attention (no window) take one of two forms, `full_attention=`:
 ``fused`` (the mode's op: ``Attention``, ``MultiHeadAttention`` or MatMul → Softmax → MatMul) or
 ``chunked`` (an ONNX ``Scan`` over blocks of `query_block` queries, each against all keys, so no
-[Lq, Lk] score tensor exists). ``auto`` (the default) picks ``chunked`` where the mode's op
-materialises the scores on ONNX Runtime CPU (see kernels/README.md) and ``fused`` elsewhere.
+[Lq, Lk] score tensor exists). ``auto`` (the default) picks ``fused`` for unmasked bidirectional
+calls where the target provider has a flash kernel for the graph (`flash_target`: CUDA with fp16,
+i.e. ``--target gpu`` and an fp16 graph); otherwise ``chunked`` where the mode's op materialises
+the scores on ONNX Runtime CPU (see kernels/README.md) and ``fused`` elsewhere.
 This module imports torch only inside `translation_table`.
 """
 
@@ -32,6 +34,7 @@ DEFAULT_QUERY_BLOCK = 64
 _mode: str | None = None
 _full_attention: str = "auto"
 _query_block: int = DEFAULT_QUERY_BLOCK
+_flash: bool = False  # the graph's target provider runs unmasked attention in a flash kernel
 _used: dict[str, set[str]] | None = None  # attention kind → lowered forms chosen inside use_lowering
 
 
@@ -55,6 +58,16 @@ def check_full_attention(full_attention, query_block) -> tuple[str, int]:
     return full_attention, query_block
 
 
+def flash_target(target: str, precision: str) -> bool:
+    """Whether `auto` may count on a flash kernel for a graph of `precision` exported for `target`.
+
+    ONNX Runtime's CUDA `Attention` (opset 23) and `MultiHeadAttention` take Flash only in fp16/bf16
+    and without a mask (kernels/README.md); fp32, int8 and int4 graphs keep fp32 activations, and the
+    CPU has no flash kernel for `Attention`.
+    """
+    return target == "gpu" and precision == "fp16"
+
+
 def note_form(kind: str, form: str) -> None:
     """Record that an attention call of `kind` ('full', 'sliding') was lowered to `form`."""
     if _used is not None:
@@ -64,12 +77,15 @@ def note_form(kind: str, form: str) -> None:
 def full_attention_form(mode: str, masked: bool, causal: bool) -> str:
     """'chunked' or 'fused' for one full/cross attention call under `mode` and the active setting.
 
-    ``auto``: ONNX Runtime's CPU ``Attention`` (standard) always builds the [B, H, Lq, Lk] scores;
-    its CPU ``MultiHeadAttention`` (ort) runs a tiled flash kernel unless there is a mask or causal
-    flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
+    ``auto``: on a flash target (`flash_target`) an unmasked bidirectional call stays fused, the one
+    op CUDA runs as Flash. Otherwise: ONNX Runtime's CPU ``Attention`` (standard) always builds the
+    [B, H, Lq, Lk] scores; its CPU ``MultiHeadAttention`` (ort) runs a tiled flash kernel unless there
+    is a mask or causal flag; ``plain`` targets TensorRT, which fuses MatMul → Softmax → MatMul itself.
     """
     if _full_attention != "auto":
         form = _full_attention
+    elif _flash and not (masked or causal):
+        form = "fused"
     elif mode == "standard" or (mode == "ort" and (masked or causal)):
         form = "chunked"
     else:
@@ -83,21 +99,24 @@ def query_block() -> int:
 
 
 @contextlib.contextmanager
-def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK):
+def use_lowering(mode: str, full_attention: str = "auto", query_block: int = DEFAULT_QUERY_BLOCK,
+                 flash: bool = False):
     """Within the block, kernels trace to `mode`'s ONNX form (module-level state, not thread-safe).
+
+    `flash`: the graph is for a provider with a flash kernel (`flash_target`), which `auto` then uses.
 
     Yields {attention kind: set of forms} filled while tracing: what the graph actually contains.
     """
-    global _mode, _full_attention, _query_block, _used
+    global _mode, _full_attention, _query_block, _flash, _used
     _check_mode(mode)
     check_full_attention(full_attention, query_block)
-    previous = _mode, _full_attention, _query_block, _used
+    previous = _mode, _full_attention, _query_block, _flash, _used
     used: dict[str, set[str]] = {}
-    _mode, _full_attention, _query_block, _used = mode, full_attention, query_block, used
+    _mode, _full_attention, _query_block, _flash, _used = mode, full_attention, query_block, bool(flash), used
     try:
         yield used
     finally:
-        _mode, _full_attention, _query_block, _used = previous
+        _mode, _full_attention, _query_block, _flash, _used = previous
 
 
 @contextlib.contextmanager

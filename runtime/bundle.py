@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .device import ORT_NAMES, DeviceOptions, provider_entries, provider_report
+from .device import ORT_NAMES, DeviceOptions, provider_entries, provider_report, session_device
 
 BUNDLE_FORMAT = "acestep-edge-bundle"
 BUNDLE_VERSION = 1
@@ -123,6 +123,7 @@ class Bundle:
         self._observer: Stages | None = None
         self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
         self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
+        self._dit_graphs = None  # the DiT session's CUDA-graph registry (runtime/cuda_graphs.py), made once
         self._check_files()  # small files only: a graph's files are checked when it is first needed
         self.silence_latent = self._load_array("silence_latent")
         self.null_condition_emb = self._load_array("null_condition_emb")
@@ -251,8 +252,22 @@ class Bundle:
         adapter factors), bound on the device when IO binding is on."""
         from .dit_runner import DitRunner
 
-        return DitRunner(self.session("dit"), constants, io_binding=self.options.io_binding,
-                         cuda_graph=self.cuda_graph, device_id=self.options.device.device_id, shared=shared)
+        session = self.session("dit")
+        return DitRunner(session, constants, io_binding=self.options.io_binding,
+                         device_id=self.options.device.device_id, shared=shared, graphs=self.dit_graphs())
+
+    def dit_graphs(self):
+        """The DiT session's CUDA-graph registry, shared by every render (None without CUDA graphs).
+
+        CUDA graphs need every buffer on the GPU: a session that fell back to the CPU runs plainly bound.
+        """
+        session = self.session("dit")
+        if self._dit_graphs is None and self.cuda_graph and self.options.io_binding \
+                and session_device(list(session.get_providers())) == "cuda":
+            from .cuda_graphs import CudaGraphs
+
+            self._dit_graphs = CudaGraphs(session, "cuda", self.options.device.device_id)
+        return self._dit_graphs
 
     def precisions_in_use(self) -> dict[str, str]:
         """Each created session's graph precision from the manifest (bundles before precisions: fp32)."""

@@ -2,9 +2,8 @@
 
 With IO binding the encoder states, source latents and chunk masks (constant over a render) are
 uploaded once per batch size; per step only x, t (two floats) and the velocity cross the bus. With
-CUDA graphs (opt-in, CUDA only) x and t are copied into fixed device buffers and the output buffer
-is bound once, which is what onnxruntime's `enable_cuda_graph` requires: the same shapes and
-addresses on every replay. Each set of constant feeds is its own captured graph (`gpu_graph_id`).
+CUDA graphs (opt-in, CUDA only) every call goes through the session's registry (runtime/cuda_graphs.py):
+fixed buffers and a `gpu_graph_id` per input shape, shared by all renders of the bundle.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from typing import Hashable
 
 import numpy as np
 
+from .cuda_graphs import OUTPUT, CudaGraphs
 from .device import session_device
 
-OUTPUT = "velocity"
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -25,10 +24,6 @@ _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(do
 class _Bound:
     binding: object
     keep: dict = field(default_factory=dict)  # OrtValues (and the arrays CPU OrtValues alias) kept alive
-    x: object = None
-    t: object = None
-    out: object = None
-    graph_id: int | None = None
 
 
 class DitRunner:
@@ -40,7 +35,7 @@ class DitRunner:
     """
 
     def __init__(self, session, constants: dict[Hashable, dict[str, np.ndarray]], io_binding: bool = False,
-                 cuda_graph: bool = False, device_id: int = 0, shared: dict[str, np.ndarray] | None = None):
+                 device_id: int = 0, shared: dict[str, np.ndarray] | None = None, graphs: CudaGraphs | None = None):
         self.session = session
         # An fp16 bundle may declare fp16 inputs: feed each input in the graph's own dtype, return float32.
         self._types = {i.name: _NUMPY.get(i.type, np.float32) for i in session.get_inputs()}
@@ -52,10 +47,15 @@ class DitRunner:
         self.device = session_device(list(session.get_providers()))
         self.device_id = device_id
         self.io_binding = io_binding
-        # CUDA graphs need every buffer on the GPU; a session that fell back to CPU runs plainly bound.
-        self.cuda_graph = cuda_graph and io_binding and self.device == "cuda"
+        # CUDA graphs: the session's registry (the bundle gives one only to a bound DiT session on CUDA).
+        self.graphs = graphs if io_binding else None
+        self._serial = graphs.serial() if self.graphs is not None else 0
         self.calls: list[tuple[int, float]] = []  # (batch, seconds) of every DiT call, for the benchmark
         self._bound: dict[Hashable, _Bound] = {}
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.graphs is not None
 
     def _cast(self, name: str, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=self._types.get(name, np.float32))
@@ -66,7 +66,7 @@ class DitRunner:
 
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
-    def _bind(self, key: Hashable, x: np.ndarray, t: np.ndarray) -> _Bound:
+    def _bind(self, key: Hashable) -> _Bound:
         bound = self._bound.get(key)
         if bound is not None:
             return bound
@@ -81,16 +81,6 @@ class DitRunner:
             value = self._ortvalue(array)
             bound.binding.bind_ortvalue_input(name, value)
             bound.keep[name] = (value, array)
-        if self.cuda_graph:
-            import onnxruntime as ort
-
-            bound.x, bound.t = self._ortvalue(x), self._ortvalue(t)
-            bound.binding.bind_ortvalue_input("x", bound.x)
-            bound.binding.bind_ortvalue_input("t", bound.t)
-            bound.out = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), self._out_type, self.device,
-                                                                  self.device_id)
-            bound.binding.bind_ortvalue_output(OUTPUT, bound.out)
-            bound.graph_id = len(self._bound) + 1
         self._bound[key] = bound
         return bound
 
@@ -102,10 +92,10 @@ class DitRunner:
         x, t = self._cast("x", x), self._cast("t", t)
         if not self.io_binding:
             (v,) = self.session.run(None, {**self.shared, **self.constants[key], "x": x, "t": t})
-        elif self.cuda_graph:
-            v = self._run_graph(self._bind(key, x, t), x, t)
+        elif self.graphs is not None:
+            v = self.graphs.run({**self.shared, **self.constants[key]}, x, t, (self._serial, key), self._out_type)
         else:
-            bound = self._bind(key, x, t)
+            bound = self._bind(key)
             xv, tv = self._ortvalue(x), self._ortvalue(t)
             bound.binding.bind_ortvalue_input("x", xv)
             bound.binding.bind_ortvalue_input("t", tv)
@@ -116,13 +106,3 @@ class DitRunner:
         v = np.asarray(v, dtype=np.float32)
         self.calls.append((batch, time.perf_counter() - start))
         return v
-
-    def _run_graph(self, bound: _Bound, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        import onnxruntime as ort
-
-        bound.x.update_inplace(np.ascontiguousarray(x))
-        bound.t.update_inplace(np.ascontiguousarray(t))
-        options = ort.RunOptions()
-        options.add_run_config_entry("gpu_graph_id", str(bound.graph_id))
-        self.session.run_with_iobinding(bound.binding, options)
-        return bound.out.numpy()

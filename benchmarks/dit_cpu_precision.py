@@ -1,8 +1,15 @@
 """DiT forward on CPU per precision: ONNX Runtime fp32 / int8 / int4 beside PyTorch fp32 and bf16, one run.
 
     PYTHONPATH=$PWD python benchmarks/dit_cpu_precision.py [--work DIR] [--repeats 5] [--threads 2]
-        [--variants torch_fp32 torch_bf16 ort_fp32 q_int8_u8s8 ...] [--quant-api CHECKOUT]
-        [--json out.json] [--no-rss]
+        [--variants torch_fp32 torch_bf16 ort_fp32 int8_chosen ...] [--quant-api CHECKOUT]
+        [--json out.json] [--no-rss] [--no-spin]
+
+The default variants make the whole CPU table of issue 19 (DEFAULT_VARIANTS); the first line printed
+names the CPU and its flags. `int8_*` variants load the int8 graph as the runtime does: `int8_shipped_u8`
+as stored (u8 weights, zero point 128), `int8_s8` rewritten to s8, `int8_chosen` in the form this CPU's
+flags pick (runtime/cpu_features.py, runtime/int8_form.py); `_fused` / `_fa` / `_qb256` add fused
+projections, the fused full-attention lowering, or query blocks of 256. `--no-spin` stops thread
+busy-waiting: on a loaded machine CPU time then counts work only.
 
 The model: the DiT of 8 layers × 1024 hidden (8 query / 4 KV heads, head_dim 128, intermediate
 3072, alternating ±128 sliding / full layers as XL; encoder side as the tiny preset), a seeded
@@ -86,12 +93,19 @@ def load_dit(root: Path, dtype=None):
     return module.to(dtype) if dtype is not None else module
 
 
-def export_fp32(root: Path, preset, path: Path) -> Path:
+# Full/cross-attention lowerings the base graphs are exported with (export --full-attention/--query-block).
+ATTENTION = {"": ("auto", None), "_fa": ("fused", None), "_qb256": ("chunked", 256)}
+
+
+def export_fp32(root: Path, preset, path: Path, attention: str = "") -> Path:
     from acestep_edge.export.graphs import graph_specs
     from acestep_edge.export.onnx_export import export_program, save_program
 
+    full, block = ATTENTION[attention]
+
     def make(p):
-        save_program(export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard"), p)
+        save_program(export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard",
+                                    full_attention=full, query_block=block), p)
 
     return _cached(path, make)
 
@@ -150,6 +164,7 @@ model = ir.load(src)
 q.quantize_model(model, q.QuantScheme(**kw))
 ir.save(model, dst, external_data=dst.rsplit("/", 1)[-1] + ".data", size_threshold_bytes=1024)
 """
+NO_SPIN = False  # --no-spin: every ONNX Runtime session without busy-waiting threads
 QUANT_API: str | None = None  # --quant-api: a source checkout whose export/quantize.py provides the passes
 
 
@@ -197,16 +212,51 @@ RECIPES = {
     "q_int8_u8s8_rr": ("fp32", _q("dynamic", 8, None, True, None, weight_dtype="int8", reduce_range=True)),
     "q_int8_u8s8": ("fp32", _q("dynamic", 8, None, True, None, weight_dtype="int8")),
     "q_int8_u8s8_fused": ("fused", _q("dynamic", 8, None, True, None, weight_dtype="int8")),
+    "q_int8_u8u8_fa": ("fp32_fa", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
+    "q_int8_u8u8_fused_fa": ("fused_fa", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
+    "q_int8_u8u8_fused_qb256": ("fused_qb256", _q("dynamic", 8, None, True, None, weight_dtype="uint8")),
     "q_int4_nbits_b32_acc4": ("fp32", _q("nbits", 4, 32, False, 4)),
+    "q_int4_b64_acc4": ("fp32", _q("nbits", 4, 64, False, 4)),
+    "q_int4_b128_acc4": ("fp32", _q("nbits", 4, 128, False, 4)),
+    "q_int4_b128_acc4_sym": ("fp32", _q("nbits", 4, 128, True, 4)),
+    "q_int4_b32_acc0": ("fp32", _q("nbits", 4, 32, False, 0)),
+    "q_int4_b128_acc4_fused": ("fused", _q("nbits", 4, 128, False, 4)),
     "q_int4_nbits_b32_acc4_fused": ("fused", _q("nbits", 4, 32, False, 4)),
 }
-DEFAULT_VARIANTS = ("torch_fp32", "torch_bf16", "ort_fp32", "q_int8_u8s8", "q_int8_u8u8", "int8_dyn_unfused",
-                    "int8_nbits_b32_acc4", "q_int4_nbits_b32_acc4")
+# Runtime variants: name → (the recipe whose file it loads, int8 weight form at session creation or None
+# for the file as stored, session settings for `session_options`). The form is applied by the runtime's own
+# rewrite (runtime/int8_form.py), as a bundle's session gets it; "chosen" = what this CPU's flags pick.
+RUNTIME = {
+    "int8_shipped_u8": ("q_int8_u8u8", "u8", {}),
+    "int8_s8": ("q_int8_u8u8", "s8", {}),
+    "int8_chosen": ("q_int8_u8u8", "chosen", {}),
+    "int8_s8_fused": ("q_int8_u8u8_fused", "s8", {}),
+    "int8_s8_fa": ("q_int8_u8u8_fa", "s8", {}),
+    "int8_s8_fused_fa": ("q_int8_u8u8_fused_fa", "s8", {}),
+    "int8_s8_fused_qb256": ("q_int8_u8u8_fused_qb256", "s8", {}),
+    "int8_s8_nospin": ("q_int8_u8u8", "s8", {"spin": False}),
+}
+ALL_VARIANTS = list(RECIPES) + list(RUNTIME)
+# The issue-19 table: PyTorch fp32/bf16, ORT fp32, int8 as stored (u8) and in the form this CPU gets, the
+# fastest int8 graph variant measured (fused projections + fused full attention), MatMulNBits int8, and int4
+# as shipped before (blocks of 32) and now (blocks of 128), with accuracy level 0 for comparison.
+DEFAULT_VARIANTS = ("torch_fp32", "torch_bf16", "ort_fp32", "int8_shipped_u8", "int8_chosen", "int8_s8_fused_fa",
+                    "int8_nbits_b32_acc4", "q_int4_nbits_b32_acc4", "q_int4_b128_acc4", "q_int4_b32_acc0")
+
+
+def variant_runtime(name: str) -> tuple[str | None, dict]:
+    """(int8 weight form, session settings) of a variant."""
+    return RUNTIME[name][1:] if name in RUNTIME else (None, {})
 
 
 def build_variant(name: str, work: Path, fp32: Path) -> Path:
+    name = RUNTIME[name][0] if name in RUNTIME else name
     base, recipe = RECIPES[name]
-    src = fp32 if base == "fp32" else _cached(work / "dit_fused.onnx", lambda p: fused(fp32, p))
+    kind, _, attention = base.partition("_")  # "fp32" | "fused", then an ATTENTION key ("fa", "qb256")
+    attention = f"_{attention}" if attention else ""
+    if attention:
+        fp32 = export_fp32(work / "checkpoint", bench_preset(), work / f"dit_fp32{attention}.onnx", attention)
+    src = fp32 if kind == "fp32" else _cached(work / f"dit_fused{attention}.onnx", lambda p: fused(fp32, p))
     if recipe is None:
         return src
     return _cached(work / f"dit_{name}.onnx", lambda p: recipe(src, p))
@@ -229,13 +279,48 @@ def data_bytes(path: Path) -> int:
 # -- running -----------------------------------------------------------------------------------
 
 
-def ort_session(path: Path, threads: int):
+def session_options(threads: int, options: dict | None = None):
+    """ONNX Runtime settings: `threads` intra-op threads, one inter-op; `options`: opt_level (basic /
+    extended / all), spin (False: no busy-waiting), config (session config entries)."""
     import onnxruntime as ort
 
+    options = dict(options or {})
+    if NO_SPIN:
+        options["spin"] = False
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    level = options.get("opt_level", "all")
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    if options.get("spin") is False:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in options.get("config", {}).items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
+def create_session(path: Path, so, form: str | None):
+    """A CPU session of `path`, its DynamicQuantizeMatMul weights in `form` (u8/s8/chosen; None: as stored)."""
+    import onnxruntime as ort
+
+    if form is None:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), None
+    from acestep_edge.runtime.cpu_features import int8_weight_form
+    from acestep_edge.runtime.int8_form import staged_model, stored_form
+
+    if form == "chosen":
+        form = int8_weight_form(stored_form(path.read_bytes())[0] or "u8", override="auto")[0]
+    staged, rewrite, cleanup = staged_model(path, form)
+    try:
+        return ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"]), rewrite
+    finally:
+        cleanup()
+
+
+def ort_session(path: Path, threads: int, form: str | None = None, options: dict | None = None):
+    return create_session(path, session_options(threads, options), form)[0]
 
 
 class TorchRunner:
@@ -254,8 +339,8 @@ class TorchRunner:
 
 
 class OrtRunner:
-    def __init__(self, path: Path, threads: int, feed: dict):
-        self.session = ort_session(path, threads)
+    def __init__(self, path: Path, threads: int, feed: dict, name: str | None = None):
+        self.session = ort_session(path, threads, *variant_runtime(name or ""))
         self.feed = feed
 
     def __call__(self):
@@ -278,7 +363,7 @@ def rss_child(name: str, target: str, threads: int) -> None:
     preset = bench_preset()
     feed = inputs(preset)
     runner = (TorchRunner(Path(target), name.split("_")[1], feed) if name in TORCH_VARIANTS
-              else OrtRunner(Path(target), threads, feed))
+              else OrtRunner(Path(target), threads, feed, name))
     runner()
     print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
 
@@ -305,7 +390,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dit_cpu_precision"),
                         help="folder for the checkpoint and the ONNX variants (reused when present)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
-                        choices=list(TORCH_VARIANTS) + list(RECIPES))
+                        choices=list(TORCH_VARIANTS) + ALL_VARIANTS)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between forwards (thread pools go idle)")
@@ -313,13 +398,21 @@ def main(argv=None) -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the per-variant RSS subprocesses")
     parser.add_argument("--quant-api", metavar="CHECKOUT",
                         help="source checkout providing export/quantize.py for the q_* variants (run in a subprocess)")
+    parser.add_argument("--no-spin", action="store_true",
+                        help="threads sleep instead of busy-waiting (ORT allow_spinning=0, OMP_WAIT_POLICY=PASSIVE): "
+                             "on a loaded machine CPU time then measures work, not waiting")
     parser.add_argument("--rss-child", nargs=2, metavar=("NAME", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         rss_child(*args.rss_child, args.threads)
         return
-    global QUANT_API
+    global QUANT_API, NO_SPIN
     QUANT_API = args.quant_api
+    if args.no_spin:
+        import os
+
+        NO_SPIN = True
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch's OpenMP starts: before import
 
     import onnx
     import onnxruntime
@@ -327,7 +420,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__, "cpu": cpu_summary(), "threads": args.threads,
+                "onnxruntime": onnxruntime.__version__, "cpu": cpu_summary(), "threads": args.threads, "no_spin": args.no_spin,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(versions), flush=True)
     work = args.work
@@ -352,7 +445,7 @@ def main(argv=None) -> None:
     runners = {}
     for name in args.variants:
         runners[name] = (TorchRunner(root, name.split("_")[1], feed) if name in TORCH_VARIANTS
-                         else OrtRunner(targets[name], args.threads, feed))
+                         else OrtRunner(targets[name], args.threads, feed, name))
     ref_runner = runners.get("ort_fp32") or OrtRunner(fp32, args.threads, feed)
     outs = {name: run() for name, run in runners.items()}  # warm-up round
     ref = outs.get("ort_fp32")
@@ -391,18 +484,9 @@ def main(argv=None) -> None:
 
 
 def cpu_summary() -> str:
-    flags, model = set(), "?"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                if line.startswith("model name") and model == "?":
-                    model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
-    return f"{model}; " + " ".join(f for f in wanted if f in flags) + f"; absent: {' '.join(f for f in wanted if f not in flags)}"
+    from acestep_edge.runtime.cpu_features import cpu_summary as summary
+
+    return summary()
 
 
 def config_summary(preset) -> dict:

@@ -91,6 +91,21 @@ def scheme_text(graph: dict) -> str:
     return ", ".join(parts)
 
 
+def weight_form_lines(graph: dict) -> list[str]:
+    """For a DynamicQuantizeMatMul graph: the int8 weight form a session on this CPU runs (runtime/int8_form.py)."""
+    q = graph.get("quantization") or {}
+    if "DynamicQuantizeMatMul" not in (q.get("op") or ""):
+        return []
+    from acestep_edge.runtime.cpu_features import cpu_summary, int8_weight_form
+
+    stored = "u8" if q.get("weight_dtype") == "uint8" else "s8"
+    try:
+        form, why = int8_weight_form(stored)
+    except ValueError as exc:  # a bad ACESTEP_EDGE_INT8_WEIGHTS: say so here, sessions refuse it
+        form, why = "?", str(exc)
+    return [f"    int8 weights on this CPU: {form} (stored {stored}; {why}); CPU: {cpu_summary()}"]
+
+
 def attention_text(graph: dict) -> str:
     """One line for a graph's attention lowering (the manifest's `attention` record; older bundles lack it)."""
     rec = graph.get("attention")
@@ -143,6 +158,7 @@ def inspect_bundle(path: str | Path, verify: bool = False) -> str:
             f"  {name}: {g.get('file')}{data}  {_size(size)}  {g.get('precision')}  opset {g.get('opset')}  "
             f"ops {g.get('ops')}  {par_txt}",
             f"    scheme: {scheme_text(g)}",
+            *weight_form_lines(g),
             f"    attention: {attention_text(g)}",
             f"    in:  {_io(g.get('inputs', []))}",
             f"    out: {_io(g.get('outputs', []))}",

@@ -92,6 +92,9 @@ class SessionOptions:
     threads: int | None = None  # intra-op threads; None = ONNX Runtime's default (all cores)
     provider_options: dict[str, Any] = field(default_factory=dict)
     device: DeviceOptions = field(default_factory=DeviceOptions)
+    # int8 (DynamicQuantizeMatMul) weight form: s8, u8, stored, or None = chosen from the CPU's flags
+    # (runtime/cpu_features.py; the ACESTEP_EDGE_INT8_WEIGHTS variable overrides it).
+    int8_weights: str | None = None
 
     @property
     def io_binding(self) -> bool:
@@ -103,6 +106,8 @@ class SessionOptions:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)} (got {self.provider!r})")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be ≥ 1 (got {self.threads})")
+        if self.int8_weights not in (None, "auto", "stored", "s8", "u8"):
+            raise ValueError(f"int8_weights must be s8, u8, stored or auto (got {self.int8_weights!r})")
 
 
 def provider_chain(options: SessionOptions, graph: str | None = None, bundle_dir: str | Path = ".",
@@ -122,6 +127,7 @@ class Bundle:
         self._sessions: dict[str, Any] = {}
         self._observer: Stages | None = None
         self.provider_warnings: list[str] = []  # one per graph that did not get the asked provider
+        self.weight_forms: dict[str, dict] = {}  # graph → int8 weight form stored / used and why
         self.cuda_graph = self.options.device.cuda_graph and self.options.provider == "cuda"
         self._dit_graphs = None  # the DiT session's CUDA-graph registry (runtime/cuda_graphs.py), made once
         self._check_files()  # small files only: a graph's files are checked when it is first needed
@@ -214,8 +220,28 @@ class Bundle:
             warnings.warn(note, RuntimeWarning, stacklevel=3)
 
     def _create(self, ort, name: str, graph: dict, so):
+        """The session, with DynamicQuantizeMatMul weights rewritten to this CPU's fast form (staged
+        beside the bundle while ONNX Runtime loads them, removed once the session exists)."""
+        path = self.path / graph["file"]
+        if "DynamicQuantizeMatMul" not in ((graph.get("quantization") or {}).get("op") or ""):
+            return self._create_from(ort, name, str(path), so)
+        from .cpu_features import int8_weight_form
+        from .int8_form import stored_form, staged_model
+
+        stored, _ = stored_form(path.read_bytes())
+        if stored is None:
+            return self._create_from(ort, name, str(path), so)
+        target, why = int8_weight_form(stored, override=self.options.int8_weights)
+        staged, rewrite, cleanup = staged_model(path, target)
+        try:
+            session = self._create_from(ort, name, str(staged), so)
+        finally:
+            cleanup()
+        self.weight_forms[name] = {"stored": stored, "used": target, "ops": rewrite.ops, "why": why}
+        return session
+
+    def _create_from(self, ort, name: str, path: str, so):
         enc_dim = self.config.get("encoder_hidden_size") if name == "dit" else None
-        path = str(self.path / graph["file"])
         with warnings.catch_warnings():  # ORT's own "not in available providers" warning: reported later
             warnings.simplefilter("ignore", UserWarning)
             try:
@@ -228,7 +254,7 @@ class Bundle:
                 self.cuda_graph = False
                 note = f"graph 'dit': CUDA graphs are not possible here ({exc}); running without them"
                 self.provider_warnings.append(note)
-                warnings.warn(note, RuntimeWarning, stacklevel=4)
+                warnings.warn(note, RuntimeWarning, stacklevel=5)
                 plain = dataclasses.replace(self.options, device=dataclasses.replace(self.options.device,
                                                                                      cuda_graph=False))
                 return ort.InferenceSession(path, sess_options=so,
@@ -273,6 +299,11 @@ class Bundle:
         """Each created session's graph precision from the manifest (bundles before precisions: fp32)."""
         graphs = self.manifest.get("graphs", {})
         return {name: graphs.get(name, {}).get("precision", "fp32") for name in self._sessions}
+
+    def weight_forms_in_use(self) -> dict[str, str]:
+        """Each int8 session's weight form, e.g. {"dit": "s8 (stored u8; avx512_vnni: ...)"}."""
+        return {name: f"{f['used']} (stored {f['stored']}; {f['why']})" for name, f in self.weight_forms.items()
+                if name in self._sessions}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         observer = self._observer

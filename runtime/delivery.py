@@ -37,6 +37,8 @@ def deliver(request, result, path: Path | None = None, *, audio_uuid: str | None
     response = build_response(request, **kwargs)
     response["providers"] = result.metadata["providers"]
     response["precisions"] = result.metadata.get("precisions", {})  # {graph: fp32|fp16|int8|int4}
+    if result.metadata.get("int8_weights"):  # {graph: "s8 (stored u8; why)"}: the form chosen for this CPU
+        response["int8Weights"] = result.metadata["int8_weights"]
     if result.metadata.get("adapters"):  # name, weight, format, rank, targets, triggerWords
         response["lora"] = result.metadata["adapters"]
     if "noise" in result.metadata:  # {source, seed, gpu, dtype}: what drew this result's initial noise

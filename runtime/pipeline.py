@@ -91,7 +91,8 @@ class Pipeline:
         manifest = self.bundle.manifest
         return {"bundle": {"name": Path(self.bundle.path).resolve().name, "format": manifest.get("format"),
                            "format_version": manifest.get("format_version")},
-                "providers": self.bundle.providers_in_use(), "precisions": self.bundle.precisions_in_use()}
+                "providers": self.bundle.providers_in_use(), "precisions": self.bundle.precisions_in_use(),
+                "int8_weights": self.bundle.weight_forms_in_use()}
 
     def condition(self, request: Request, seed: int | None = None) -> Conditioning:
         """Prompts, timbre, source latents and masks of a request; `seed` seeds the VAE posterior draws."""

@@ -145,6 +145,7 @@ class Render:
             "task": self.request.settings.task,
             "providers": bundle.providers_in_use(),
             "precisions": bundle.precisions_in_use(),
+            "int8_weights": bundle.weight_forms_in_use(),
             "noise": self.noise_info,
             "adapters": self.adapters.report,
         }

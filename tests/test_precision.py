@@ -87,7 +87,7 @@ def test_dit_ops_per_scheme(fp32_programs, tmp_path):
         assert ops.count("MatMul") >= 1  # the condition embedder (and attention's own matmuls) stay
         if op == "MatMulNBits":
             node = next(n for n in model.graph if n.op_type == op)
-            assert node.attributes["bits"].as_int() == 4 and node.attributes["block_size"].as_int() == 32
+            assert node.attributes["bits"].as_int() == 4 and node.attributes["block_size"].as_int() == 128
             assert node.attributes["accuracy_level"].as_int() == 4
 
 

@@ -87,9 +87,35 @@ def test_manifest_and_response_report_precision(bundles, renders):
     text = inspect_bundle(bundles["int8"])
     assert "dit: dit.onnx" in text and "  int8  " in text and "DynamicQuantizeMatMul, 8-bit, per output channel" in text
     assert "budget 6.00e-02" in text
+    assert "int8 weights on this CPU: " in text and "(stored u8; " in text
     assert renders["int8"].metadata["precisions"]["dit"] == "int8"
     assert renders["fp16"].metadata["precisions"]["condition_encoder"] == "fp32"
     assert renders["fp16"].metadata["precisions"]["vae_decoder"] == "fp16"
+
+
+def test_int8_weight_forms_render_identically(bundles, renders):
+    """The same int8 bundle run with its weights as stored (u8, zero point 128) and rewritten to s8 at session
+    creation: identical latents and audio where both integer kernels are exact (VNNI CPUs; this project's
+    Zen 4 guest: bit-identical), and the default form is the one the CPU's flags call for."""
+    from acestep_edge.runtime.bundle import Bundle, SessionOptions
+    from acestep_edge.runtime.cpu_features import int8_weight_form
+
+    request = dict(_request(), steps=8)
+    noise = np.random.default_rng(11).standard_normal((1, 250, 64)).astype(np.float32)
+    out = {}
+    for form in ("u8", "s8"):
+        pipeline = Pipeline(Bundle(bundles["int8"], SessionOptions(threads=2, int8_weights=form)))
+        out[form] = pipeline.generate(request, noise=noise)
+        used = pipeline.bundle.weight_forms["dit"]
+        assert (used["stored"], used["used"]) == ("u8", form), used
+        assert out[form].metadata["int8_weights"]["dit"].startswith(f"{form} (stored u8")
+    np.testing.assert_allclose(out["s8"].latents, out["u8"].latents, rtol=0, atol=1e-6)
+    if int8_weight_form("u8", override="auto")[0] == "s8":  # a VNNI CPU: both kernels exact
+        np.testing.assert_array_equal(out["s8"].latents, out["u8"].latents)
+        np.testing.assert_array_equal(out["s8"].audio, out["u8"].audio)
+    chosen = int8_weight_form("u8")[0]
+    assert renders["int8"].metadata["int8_weights"]["dit"].startswith(f"{chosen} (stored u8")
+    assert "int8_weights" in Pipeline(Bundle(bundles["int8"])).info()
 
 
 def test_over_budget_fails_naming_the_graph(tiny_official, tmp_path, monkeypatch):

@@ -135,6 +135,7 @@ def bench_onnx(bundle: str | Path, provider: str, threads: int | None, durations
                 "providers_got": first["providers"], "threads": threads, "duration_s": duration, "steps": steps,
                 "repeats": repeats, "frames": first["frames"], "encoder_tokens": first["encoder_tokens"],
                 "session_load_s": load_total, "session_load_by_graph_s": load,
+                "int8_weights": pipeline.bundle.weight_forms.get("dit", {}).get("used"),  # s8/u8 chosen for this CPU
                 "text_encoder_s": median_of(runs, "text_encoder_s"),
                 "condition_encoder_s": median_of(runs, "condition_encoder_s"),
                 "vae_total_s": median_of(runs, "vae_total_s"), "vae_chunks": first["vae_chunks"],

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 COLUMNS = [  # (header, key, format)
-    ("side", "side", "{}"), ("prec", "precision", "{}"), ("provider", "provider", "{}"), ("dur s", "duration_s", "{:g}"),
+    ("side", "side", "{}"), ("prec", "precision", "{}"), ("int8 w", "int8_weights", "{}"),
+    ("provider", "provider", "{}"), ("dur s", "duration_s", "{:g}"),
     ("steps", "steps", "{}"), ("load s", "session_load_s", "{:.2f}"), ("text s", "text_encoder_s", "{:.3f}"),
     ("cond s", "condition_encoder_s", "{:.3f}"), ("DiT ms/step", "dit_ms_per_step_median", "{:.1f}"),
     ("p90", "dit_ms_per_step_p90", "{:.1f}"), ("DiT s", "dit_total_s", "{:.2f}"), ("VAE s", "vae_total_s", "{:.2f}"),

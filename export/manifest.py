@@ -13,12 +13,13 @@ import numpy as np
 from acestep_edge.export.inspect import FORMAT, FORMAT_VERSION, sha256_file
 from acestep_edge.export.onnx_export import OPSET
 from acestep_edge.models.config import PRESETS
+from acestep_edge.runtime.postprocess import exact_tile_overlap
 
 SAMPLER_DEFAULTS = {
     "steps": 50, "shift": 3.0, "guidance": "apg", "cfg_scale": 7.0,
     "apg": {"momentum": -0.75, "norm_threshold": 2.5, "eta": 0.0},
-    "chunk_mask": 1.0, "vae_chunk": 512, "vae_overlap": 64,
-}
+    "chunk_mask": 1.0, "vae_chunk": 512,
+}  # + vae_overlap, the VAE decoder's exact context (runtime/postprocess.py exact_tile_overlap)
 
 
 def graph_entry(spec, path: Path, data: Path | None, precision: str, ops: str | None, attention: dict,
@@ -71,7 +72,8 @@ def build_manifest(preset, graphs: dict, files: dict, root: Path, layout: str) -
                   "vae": vae.to_dict()},
         "audio": {"sample_rate": vae.sampling_rate, "channels": vae.audio_channels, "hop_length": vae.hop_length,
                   "latent_rate": vae.sampling_rate // vae.hop_length, "latent_channels": vae.decoder_input_channels},
-        "sampler_defaults": json.loads(json.dumps(SAMPLER_DEFAULTS)),
+        "sampler_defaults": {**json.loads(json.dumps(SAMPLER_DEFAULTS)),
+                             "vae_overlap": exact_tile_overlap(vae.downsampling_ratios)},
         "graphs": graphs,
         "files": files,
         "export": {"acestep_edge": __version__, "torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,

@@ -120,8 +120,12 @@ def apply_precision(graph_name: str, precision: str, model, target: str = "cpu")
 # (export/parity.py). Set from measurement on seeded tiny random checkpoints (tests/test_precision.py
 # measures them; docs/bundle-format.md gives the figures) with ~2x headroom; fp32 is the exporter's own
 # tolerance. A graph over budget fails the export unless --allow-over-budget.
+# fp32 at XL size (random bf16 checkpoint, benchmarks/RESULTS.md): the transformer graphs measure
+# <= 2.1e-6, the VAE graphs 1.8e-4 (decoder) and 2.0e-4 (encoder) in both max/peak and RMS ratios; the
+# torch fp32 VAE decoder is itself 1.3e-4 from its float64 result (30+ convolutions of up to 2,048 x 7
+# terms), so its budget is set at 5x the measurement, not at the transformers' 1e-4.
 BUDGETS = {
-    "fp32": 1e-4,
+    "fp32": 1e-4, ("vae_decoder", "fp32"): 1e-3, ("vae_encoder", "fp32"): 1e-3,
     ("text_encoder", "fp16"): 5e-3, ("dit", "fp16"): 3e-3, ("vae_decoder", "fp16"): 0.015,
     ("vae_encoder", "fp16"): 0.08,
     ("text_encoder", "int8"): 0.12, ("dit", "int8"): 0.06,
@@ -131,7 +135,7 @@ BUDGETS = {
 
 def budget_for(graph: str, precision: str) -> float:
     if precision == "fp32":
-        return BUDGETS["fp32"]
+        return BUDGETS.get((graph, "fp32"), BUDGETS["fp32"])
     try:
         return BUDGETS[(graph, precision)]
     except KeyError:

@@ -8,6 +8,7 @@ from pathlib import Path
 from acestep_edge.runtime import sampler
 from acestep_edge.runtime.defaults import FORMAT_DEFAULTS, resolve
 from acestep_edge.runtime.pipeline import GenerationConfig
+from acestep_edge.runtime.postprocess import exact_tile_overlap
 from acestep_edge.runtime.request import DEFAULT_CFG, DEFAULT_STEPS, Settings, parse_request
 
 MANIFEST = Path(__file__).resolve().parents[1] / "acestep_edge" / "demo_bundle" / "manifest.json"
@@ -20,9 +21,14 @@ def _request(**settings):
 
 
 def test_committed_manifest_agrees_with_the_runtime():
-    written = json.loads(MANIFEST.read_text())["sampler_defaults"]
-    # Keys the runtime resolves: the same values as the fallback for older manifests.
-    assert {k: written[k] for k in FORMAT_DEFAULTS} == FORMAT_DEFAULTS
+    manifest = json.loads(MANIFEST.read_text())
+    written = manifest["sampler_defaults"]
+    # Keys the runtime resolves: the same values as the fallback for older manifests, but the VAE overlap,
+    # which the exporter sets to the decoder's exact context (bundles before that wrote the official 64).
+    assert {k: written[k] for k in FORMAT_DEFAULTS if k != "vae_overlap"} == \
+        {k: v for k, v in FORMAT_DEFAULTS.items() if k != "vae_overlap"}
+    ratios = manifest["model"]["vae"]["downsampling_ratios"]
+    assert written["vae_overlap"] in (FORMAT_DEFAULTS["vae_overlap"], exact_tile_overlap(ratios))
     # Keys the request and the sampler own: the manifest only records them, so they must agree.
     assert written["steps"] == DEFAULT_STEPS and written["cfg_scale"] == DEFAULT_CFG
     assert written["guidance"] == Settings().guidance_type

@@ -50,6 +50,13 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
         allowed = causal if allowed is None else tape.op("And", [allowed, causal])
     if allowed is not None:
         scores = tape.op("Where", [allowed, scores, _const(tape, _MASKED, np.float32)])
+    return finish_body(tape, start, scores, v, dtype, groups, block, dv, prefix)
+
+
+def finish_body(tape: ir.tape.Tape, start: ir.Value, scores: ir.Value, v: ir.Value, dtype: ir.DataType,
+                groups: int, block: int, dv: int, prefix: str) -> ir.Graph:
+    """A Scan body's tail, shared with `attention_local_onnxscript`: fp32 softmax of the masked scores,
+    P·V, output [B, Hkv, G, block, Dv], and every body value named uniquely."""
     probs = tape.op("Softmax", [scores], {"axis": -1})
     if dtype != ir.DataType.FLOAT:
         probs = tape.op("Cast", [probs], {"to": dtype})

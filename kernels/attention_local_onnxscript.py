@@ -19,6 +19,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import opset23 as op
 
+from acestep_edge.kernels.attention_chunked_onnxscript import finish_body
+
 _MASKED = float(np.finfo(np.float32).min)
 _BODIES = itertools.count()
 
@@ -62,15 +64,7 @@ def _body(dtype: ir.DataType, groups: int, block: int, halo: int, d: int, dv: in
     ok = tape.op("Slice", [valid, begin, end, _const(tape, [3])])  # [B, 1, 1, K]
     ok = tape.op("And", [ok, tape.op("Constant", [], {"value": ir.tensor(allowed)})])
     scores = tape.op("Where", [ok, scores, _const(tape, _MASKED, np.float32)])
-    probs = tape.op("Softmax", [scores], {"axis": -1})
-    if dtype != ir.DataType.FLOAT:
-        probs = tape.op("Cast", [probs], {"to": dtype})
-    out = tape.op("MatMul", [probs, values])  # [B, Hkv, G·block, Dv]
-    out = tape.op("Reshape", [out, _const(tape, [0, 0, groups, block, dv])])
-    out.type = ir.TensorType(dtype)
-    for i, value in enumerate(v for node in tape.nodes for v in node.outputs):
-        value.name = f"{prefix}_{i}"  # unnamed body values would be named per graph and could clash
-    return ir.Graph([start], [out], nodes=tape.nodes, name=prefix)
+    return finish_body(tape, start, scores, values, dtype, groups, block, dv, prefix)
 
 
 def attention_local(q, k, v, key_padding_mask=None, causal: bool = False, scale: float | None = None,

@@ -21,7 +21,7 @@ from acestep_edge.runtime.pipeline import Pipeline
 from acestep_edge.server.app import ServerOptions, create_app
 from acestep_edge.server.jobs import TERMINAL, Delivery, Job, Renderer, conflict
 from acestep_edge.server.outdir import AUDIO_NAME, OutDir
-from acestep_edge.server.wire import QUEUE_FULL, UNAVAILABLE, ServerError, entry
+from acestep_edge.server.wire import UNAVAILABLE, ServerError, entry
 
 from .registry_actor import registry
 from .renderer import adapter_key, remove_files
@@ -87,15 +87,7 @@ class FleetRenderer(Renderer):
     def submit(self, job: Job) -> None:
         self._start_poller()
         with self._cond:
-            if not self.accepting:
-                raise ServerError(UNAVAILABLE, "the server is shutting down and takes no new work; retry in a "
-                                  "few seconds (after it restarts) or on another instance", task_uuid=job.task_uuid)
-            self._forget_old()
-            if job.task_uuid in self.jobs:
-                raise conflict(job.task_uuid)
-            if len(self._queue) >= self.queue_size:
-                raise ServerError(QUEUE_FULL, f"the render queue is full ({self.queue_size} waiting); retry in a "
-                                  "few seconds", task_uuid=job.task_uuid)
+            self._admit(job)
             spec = {"request": job.request, "base_url": job.base_url, "include_cost": job.delivery.include_cost}
             if not self._call("register", job.task_uuid, job.about, job.base_url, self.name, spec):
                 raise conflict(job.task_uuid)  # sent to another ingress replica of this fleet

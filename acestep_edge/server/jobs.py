@@ -139,15 +139,7 @@ class Renderer:
     # -- called from request handlers ----------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self._cond:
-            if not self.accepting:
-                raise ServerError(UNAVAILABLE, "the server is shutting down and takes no new work; retry in a "
-                                  "few seconds (after it restarts) or on another instance", task_uuid=job.task_uuid)
-            self._forget_old()
-            if job.task_uuid in self.jobs:
-                raise conflict(job.task_uuid)
-            if len(self._queue) >= self.queue_size:
-                raise ServerError(QUEUE_FULL, f"the render queue is full ({self.queue_size} waiting); retry in a "
-                                  "few seconds", task_uuid=job.task_uuid)
+            self._admit(job)
             self.jobs[job.task_uuid] = job
             self._queue.append(job)
             position = len(self._queue)
@@ -319,6 +311,18 @@ class Renderer:
         job.state = "error"
         job.publish("error", error=job.error)
         self._hook(job, None, job.error)
+
+    def _admit(self, job: Job) -> None:
+        """Refuse `job` while draining, for a taskUUID already known, or with a full queue (hold the lock)."""
+        if not self.accepting:
+            raise ServerError(UNAVAILABLE, "the server is shutting down and takes no new work; retry in a "
+                              "few seconds (after it restarts) or on another instance", task_uuid=job.task_uuid)
+        self._forget_old()
+        if job.task_uuid in self.jobs:
+            raise conflict(job.task_uuid)
+        if len(self._queue) >= self.queue_size:
+            raise ServerError(QUEUE_FULL, f"the render queue is full ({self.queue_size} waiting); retry in a "
+                              "few seconds", task_uuid=job.task_uuid)
 
     def _forget_old(self) -> None:
         """Called with the lock held: bound what finished jobs keep, by count, age and inline bytes."""

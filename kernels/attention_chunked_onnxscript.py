@@ -31,14 +31,7 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
     """Scan body: block start (scalar) → that block's output [B, Hkv, G, block, Dv]."""
     tape = ir.tape.Tape()
     prefix = f"chunked_attention_{next(_BODIES)}"
-    start = ir.Value(name=f"{prefix}_start", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
-    begin = tape.op("Unsqueeze", [start, _const(tape, [0])])
-    blk = _const(tape, [block])
-    rows = tape.op("Slice", [q5, begin, tape.op("Add", [begin, blk]), _const(tape, [3])])  # ≤ block queries
-    short = tape.op("Sub", [blk, tape.op("Shape", [rows], {"start": 3, "end": 4})])  # > 0 in the last block only
-    rows = tape.op("Pad", [rows, tape.op("Concat", [_const(tape, [0] * 8), short, _const(tape, [0])], {"axis": 0})])
-    rows = tape.op("Reshape", [rows, _const(tape, [0, 0, groups * block, d])])  # [B, Hkv, G·block, D]
-    rows = tape.op("Mul", [rows, _const(tape, scale, dtype.numpy())])
+    start, begin, rows = query_block(tape, prefix, q5, dtype, groups, block, d, scale)
     scores = tape.op("MatMul", [rows, kt])  # [B, Hkv, G·block, Lk]
     if dtype != ir.DataType.FLOAT:
         scores = tape.op("Cast", [scores], {"to": ir.DataType.FLOAT})  # softmax in fp32
@@ -51,6 +44,21 @@ def _body(dtype: ir.DataType, hkv: int, groups: int, block: int, d: int, dv: int
     if allowed is not None:
         scores = tape.op("Where", [allowed, scores, _const(tape, _MASKED, np.float32)])
     return finish_body(tape, start, scores, v, dtype, groups, block, dv, prefix)
+
+
+def query_block(tape: ir.tape.Tape, prefix: str, q5: ir.Value, dtype: ir.DataType, groups: int, block: int,
+                d: int, scale: float) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """A Scan body's head, shared with `attention_local_onnxscript`: (the scalar block start input, it as a
+    1-element tensor, the block's scaled queries [B, Hkv, G·block, D], the last block zero-padded)."""
+    start = ir.Value(name=f"{prefix}_start", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    begin = tape.op("Unsqueeze", [start, _const(tape, [0])])
+    blk = _const(tape, [block])
+    rows = tape.op("Slice", [q5, begin, tape.op("Add", [begin, blk]), _const(tape, [3])])  # ≤ block queries
+    short = tape.op("Sub", [blk, tape.op("Shape", [rows], {"start": 3, "end": 4})])  # > 0 in the last block only
+    rows = tape.op("Pad", [rows, tape.op("Concat", [_const(tape, [0] * 8), short, _const(tape, [0])], {"axis": 0})])
+    rows = tape.op("Reshape", [rows, _const(tape, [0, 0, groups * block, d])])  # [B, Hkv, G·block, D]
+    rows = tape.op("Mul", [rows, _const(tape, scale, dtype.numpy())])
+    return start, begin, rows
 
 
 def finish_body(tape: ir.tape.Tape, start: ir.Value, scores: ir.Value, v: ir.Value, dtype: ir.DataType,

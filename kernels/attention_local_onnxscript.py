@@ -19,14 +19,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import opset23 as op
 
-from acestep_edge.kernels.attention_chunked_onnxscript import finish_body
+from acestep_edge.kernels.attention_chunked_onnxscript import _MASKED, _const, finish_body, query_block
 
-_MASKED = float(np.finfo(np.float32).min)
 _BODIES = itertools.count()
-
-
-def _const(tape: ir.tape.Tape, values, dtype=np.int64) -> ir.Value:
-    return tape.op("Constant", [], {"value": ir.tensor(np.asarray(values, dtype=dtype))})
 
 
 def band(block: int, halo: int, window: int, groups: int, causal: bool) -> np.ndarray:
@@ -45,14 +40,7 @@ def _body(dtype: ir.DataType, groups: int, block: int, halo: int, d: int, dv: in
     """Scan body: block start (scalar) → that block's output [B, Hkv, G, block, Dv]."""
     tape = ir.tape.Tape()
     prefix = f"local_attention_{next(_BODIES)}"
-    start = ir.Value(name=f"{prefix}_start", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
-    begin = tape.op("Unsqueeze", [start, _const(tape, [0])])
-    blk = _const(tape, [block])
-    rows = tape.op("Slice", [q5, begin, tape.op("Add", [begin, blk]), _const(tape, [3])])  # ≤ block queries
-    short = tape.op("Sub", [blk, tape.op("Shape", [rows], {"start": 3, "end": 4})])  # > 0 in the last block only
-    rows = tape.op("Pad", [rows, tape.op("Concat", [_const(tape, [0] * 8), short, _const(tape, [0])], {"axis": 0})])
-    rows = tape.op("Reshape", [rows, _const(tape, [0, 0, groups * block, d])])  # [B, Hkv, G·block, D]
-    rows = tape.op("Mul", [rows, _const(tape, scale, dtype.numpy())])
+    start, begin, rows = query_block(tape, prefix, q5, dtype, groups, block, d, scale)
     # Keys of block n are padded positions [n·block, n·block + (2h+1)·block) = real n·block − h·block + c.
     end = tape.op("Add", [begin, _const(tape, [(2 * halo + 1) * block])])
     axis2 = _const(tape, [2])

@@ -18,7 +18,9 @@ export defaults and session options before the activation-memory work (token-chu
 arena and memory pattern on), or `name:key=value,...` with keys mlp_chunk (tokens per MLP Scan
 step, 0 = off), sliding_attention (chunked, blocked, auto), arena (auto = the runtime's process-wide
 arena growing by what is asked; 1 = the session's own ORT default arena; 0 = none), mem_pattern (0/1), ops,
-full_attention.
+full_attention, precision (fp32 or int8: the CPU int8 scheme, `apply_precision` as the bundle does, its
+weights loaded in the form this CPU runs, runtime/int8_form.py). `int8` and `int8_before` are `default`
+and `before` in int8.
 
 Printed per run: peak RSS over the whole process (VmHWM: session creation, weights and the forward),
 RSS after session creation, the forward's own extra (VmHWM reset after creation), wall time and
@@ -42,7 +44,10 @@ PATCH = 2
 _CHILD = r"""
 import json, os, sys, time
 import numpy as np, onnxruntime as ort
+from pathlib import Path
 from acestep_edge.runtime.bundle import session_options
+from acestep_edge.runtime.cpu_features import int8_weight_form
+from acestep_edge.runtime.int8_form import staged_model, stored_form
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -64,7 +69,10 @@ if profile:
     so.enable_profiling = True
     so.profile_file_prefix = profile
 t0 = time.perf_counter()
-sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+stored = stored_form(Path(path).read_bytes())[0]  # an int8 graph: its weights in this CPU's form, as a render
+staged, _, cleanup = staged_model(Path(path), int8_weight_form(stored)[0]) if stored else (path, None, lambda: None)
+sess = ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"])
+cleanup()
 create_s = time.perf_counter() - t0
 feed = {}
 for i in sess.get_inputs():
@@ -106,10 +114,10 @@ print(json.dumps(res))
 
 # Before this benchmark's work: no token-chunked MLP, ORT's default arena and memory pattern.
 BEFORE = {"mlp_chunk": 0, "sliding_attention": "blocked", "arena": 1, "mem_pattern": 1, "ops": "standard",
-          "full_attention": "auto"}
+          "full_attention": "auto", "precision": "fp32"}
 DEFAULT = {"mlp_chunk": None, "sliding_attention": "auto", "arena": "auto", "mem_pattern": "auto", "ops": "standard",
-           "full_attention": "auto"}
-_TEXT_KEYS = ("ops", "full_attention", "sliding_attention")
+           "full_attention": "auto", "precision": "fp32"}
+_TEXT_KEYS = ("ops", "full_attention", "sliding_attention", "precision")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -118,6 +126,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
         return text, dict(DEFAULT)
     if text == "before":
         return text, dict(BEFORE)
+    if text in ("int8", "int8_before"):
+        return text, dict(BEFORE if text == "int8_before" else DEFAULT, precision="int8")
     name, _, spec = text.partition(":")
     settings = dict(DEFAULT)
     for item in filter(None, spec.split(",")):
@@ -161,6 +171,10 @@ def export_graph(path: Path, settings: dict) -> None:
     if "sliding_attention" in known:
         kwargs["sliding_attention"] = settings["sliding_attention"]
     program = export_program(spec, DiTGraph(types.SimpleNamespace(decoder=dit)), preset, settings["ops"], **kwargs)
+    if settings.get("precision", "fp32") != "fp32":
+        from acestep_edge.export.precision import apply_precision
+
+        apply_precision("dit", settings["precision"], program.model, "cpu")
     save_program(program, path)
 
 
@@ -172,6 +186,7 @@ def _cap(limit_bytes: int):
 
 def ensure_graph(workdir: Path, name: str, settings: dict) -> Path:
     key = "-".join(f"{k}{settings[k]}" for k in ("mlp_chunk", "sliding_attention", "ops", "full_attention"))
+    key += "" if settings.get("precision", "fp32") == "fp32" else f"-{settings['precision']}"
     path = workdir / f"dit-xl2-{key}.onnx"
     if not path.exists():
         print(f"exporting {name} → {path.name}", flush=True)
@@ -214,7 +229,7 @@ def main(argv=None) -> None:
 
     print(f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, "
           f"batch {args.batch}, {args.seconds:g} s = {round(25 * args.seconds) // PATCH} tokens, "
-          f"S = {args.encoder_seq}, fp32", flush=True)
+          f"S = {args.encoder_seq}, {' / '.join(sorted({v['precision'] for _, v in variants}))} weights", flush=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     for name, settings in variants:
         path = ensure_graph(args.workdir, name, settings)

@@ -10,9 +10,10 @@ quantised or fp16 MatMuls are what moves) replaces each pair by
     → Transpose/Reshape to [B, k·size, D] → Slice to n
 
 so only one chunk's intermediates exist at a time. The region's weights and any other outer values
-are read from the main graph (no copies). With chunk 0 the markers are simply removed, and so they are
-in a graph whose MLPs hold `DynamicQuantizeMatMul` (the CPU int8 scheme: `KEEP_TOP_LEVEL`). The
-record (`chunk_record`) goes into the manifest as the graph's `mlp` entry.
+are read from the main graph (no copies); for the CPU int8 scheme that includes the
+`DynamicQuantizeMatMul` weights the runtime flips between s8 and u8 (runtime/int8_form.py follows the
+nodes into Scan bodies). With chunk 0 the markers are simply removed. The record (`chunk_record`) goes
+into the manifest as the graph's `mlp` entry.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ from acestep_edge.kernels.token_chunks import DOMAIN, OPS
 
 META_KEY = "acestep.mlp_chunk"
 MADE_KEY = "acestep.mlp_chunked_regions"
-KEPT_KEY = "acestep.mlp_chunks_not_made_for"
-# Ops whose nodes must stay in the main graph: the runtime rewrites DynamicQuantizeMatMul weights between
-# s8 and u8 when a session is created (runtime/int8_form.py), and it reads top-level nodes only. A graph
-# with them keeps its MLPs whole (the record says why).
-KEEP_TOP_LEVEL = ("DynamicQuantizeMatMul",)
 _IDS = itertools.count()
 
 
@@ -124,12 +120,9 @@ def chunk_regions(model: ir.Model, chunk: int | None = None) -> int:
     chunk = int(model.metadata_props.get(META_KEY, "0")) if chunk is None else chunk
     begins = _markers(graph, "begin")
     made = 0
-    kept = ""
     for begin in begins:
         nodes, end = _region(begin)
-        if chunk > 0 and any(n.op_type in KEEP_TOP_LEVEL for n in nodes):
-            kept = next(n.op_type for n in nodes if n.op_type in KEEP_TOP_LEVEL)
-        if chunk > 0 and nodes and not kept:
+        if chunk > 0 and nodes:
             _to_scan(graph, begin, nodes, end, chunk)
             made += 1
         else:
@@ -140,8 +133,6 @@ def chunk_regions(model: ir.Model, chunk: int | None = None) -> int:
         raise ValueError(f"{len(left)} token-chunk end markers without a begin marker")
     model.opset_imports.pop(DOMAIN, None)
     model.metadata_props[MADE_KEY] = str(made + int(model.metadata_props.get(MADE_KEY, "0")))
-    if kept:
-        model.metadata_props[KEPT_KEY] = kept
     return made
 
 
@@ -149,7 +140,4 @@ def chunk_record(model: ir.Model) -> dict:
     """The manifest's `mlp` record: {"form": "chunked" | "plain", "chunk": tokens or None, "regions": count}."""
     made = int(model.metadata_props.get(MADE_KEY, "0"))
     chunk = int(model.metadata_props.get(META_KEY, "0"))
-    record = {"form": "chunked" if made else "plain", "chunk": chunk if made else None, "regions": made}
-    if KEPT_KEY in model.metadata_props:
-        record["why"] = f"{model.metadata_props[KEPT_KEY]} nodes stay in the main graph (runtime/int8_form.py)"
-    return record
+    return {"form": "chunked" if made else "plain", "chunk": chunk if made else None, "regions": made}

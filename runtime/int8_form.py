@@ -187,17 +187,43 @@ class Rewrite:
     ops: int  # DynamicQuantizeMatMul nodes
 
 
+def _graph_items(graph):
+    """Every node (a graph's field 1) and initializer (field 5) of `graph` and of the graphs held in its
+    nodes' attributes (a Scan's body, an If's branches): the DiT's token-chunked MLPs put their
+    DynamicQuantizeMatMul nodes in Scan bodies while their weights stay in the main graph."""
+    for num, _, value, _ in _fields(graph):
+        if num in (1, 5):
+            yield num, value
+        if num == 1:
+            for sub in _subgraphs(value):
+                yield from _graph_items(sub)
+
+
+def _subgraphs(node_payload):
+    """The graphs of a NodeProto's attributes (AttributeProto g = 6, graphs = 11)."""
+    for num, _, attr, _ in _fields(node_payload):
+        if num == 5:
+            yield from (v for n, _, v, _ in _fields(attr) if n in (6, 11))
+
+
+def _quant_nodes(graph) -> list[list[str]]:
+    """The inputs of every DynamicQuantizeMatMul node, main graph and subgraphs."""
+    nodes = (_node(value) for num, value in _graph_items(graph) if num == 1)
+    return [inputs for inputs, op, domain in nodes if (op, domain) == DQMM]
+
+
 def stored_form(model_bytes: bytes) -> tuple[str | None, int]:
     """("u8"/"s8", node count) of a graph's DynamicQuantizeMatMul weights; (None, 0) when it has none."""
     graph = next((v for num, _, v, _ in _fields(model_bytes) if num == 7), b"")
-    weights = [_node(v)[0][1] for num, _, v, _ in _fields(graph) if num == 1 and _node(v)[1:] == DQMM]
+    weights = {inputs[1] for inputs in _quant_nodes(graph)}
     if not weights:
         return None, 0
-    dtypes = {t.dtype for t in (_tensor(v) for num, _, v, _ in _fields(graph) if num == 5) if t.name in set(weights)}
+    count = len(_quant_nodes(graph))
+    dtypes = {t.dtype for t in (_tensor(v) for num, v in _graph_items(graph) if num == 5) if t.name in weights}
     if dtypes == {UINT8}:
-        return "u8", len(weights)
+        return "u8", count
     if dtypes == {INT8}:
-        return "s8", len(weights)
+        return "s8", count
     raise ValueError(f"DynamicQuantizeMatMul weights are neither all uint8 nor all int8 (data types {sorted(dtypes)})")
 
 
@@ -209,54 +235,92 @@ def rewrite_model(model_bytes: bytes, target: str, folder: Path, out_dir: Path) 
         return model_bytes, Rewrite(stored or target, target, count)
     pieces = [(num, value, raw) for num, _, value, raw in _fields(model_bytes)]
     graph = next(value for num, value, _ in pieces if num == 7)
-    new_graph = _rewrite_graph(graph, target, folder, out_dir)
+    plan = _Plan.make(graph, target, folder)
+    with open(out_dir / FLIPPED_DATA, "wb") as sink:
+        new_graph = _rewrite_graph(graph, plan, folder, sink) + b"".join(_ld(5, _encode_tensor(t)) for t in plan.added)
     out = b"".join(_ld(7, new_graph) if num == 7 else bytes(raw) for num, _, raw in pieces)
     return out, Rewrite(stored, target, count)
 
 
-def _rewrite_graph(graph, target: str, folder: Path, out_dir: Path) -> bytes:
-    items = [(num, value, raw) for num, _, value, raw in _fields(graph)]
-    nodes = {i: _node(value) for i, (num, value, _) in enumerate(items) if num == 1}
-    quant = {i: n[0] for i, n in nodes.items() if n[1:] == DQMM}
-    tensors = {t.name: t for t in (_tensor(value) for num, value, _ in items if num == 5)}
-    weights = {inputs[1] for inputs in quant.values()}
-    zps = {inputs[3] for inputs in quant.values() if len(inputs) > 3 and inputs[3]}
-    drop_zp = target == "s8" and zps and all(np.all(tensors[z].data(folder) == 128) for z in zps)
-    new_inputs, added = {}, []
-    for i, inputs in quant.items():
+@dataclass
+class _Plan:
+    """What changes, model-wide (names are unique across a model's graphs, so one plan serves them all)."""
+    target: str
+    dtype: int
+    drop_zp: bool  # s8 with every zero point 128: drop them (the kernel's cheapest, symmetric path)
+    flip: set[str]  # tensors whose bytes flip (XOR 0x80) and whose type becomes `dtype`
+    dropped: set[str]  # zero points removed
+    added: list[Tensor]  # u8 zero points made for s8 weights stored without one (main graph)
+
+    @classmethod
+    def make(cls, graph, target: str, folder: Path) -> "_Plan":
+        quant = _quant_nodes(graph)
+        tensors = {t.name: t for t in (_tensor(v) for num, v in _graph_items(graph) if num == 5)}
+        zps = {inputs[3] for inputs in quant if len(inputs) > 3 and inputs[3]}
+        drop_zp = bool(target == "s8" and zps and all(np.all(tensors[z].data(folder) == 128) for z in zps))
+        added = {}
+        if target == "u8":
+            for inputs in quant:
+                if len(inputs) < 4 or not inputs[3]:
+                    n = tensors[inputs[1]].dims[-1]
+                    name = _zero_point_name(inputs[1])
+                    added[name] = Tensor(name, UINT8, [n], np.full(n, 0x80, np.uint8).tobytes(), None)
+        weights = {inputs[1] for inputs in quant}
+        return cls(target, FORM_DTYPE[target], drop_zp, weights | (set() if drop_zp else zps),
+                   zps if drop_zp else set(), [t for name, t in added.items() if name not in tensors])
+
+    def inputs(self, inputs: list[str]) -> list[str]:
+        """A DynamicQuantizeMatMul node's inputs in the target form."""
         inputs = list(inputs)
-        if drop_zp and len(inputs) > 3:  # s8 symmetric: no zero point (the kernel's cheapest path)
+        if self.drop_zp and len(inputs) > 3:
             inputs[3] = ""
             while inputs and inputs[-1] == "":
                 inputs.pop()
-        elif target == "u8" and (len(inputs) < 4 or not inputs[3]):
-            name = f"{inputs[1]}_zero_point_u8"
+        elif self.target == "u8" and (len(inputs) < 4 or not inputs[3]):
             inputs += [""] * (4 - len(inputs))
-            inputs[3] = name
-            if name not in tensors:
-                n = tensors[inputs[1]].dims[-1]
-                added.append(Tensor(name, UINT8, [n], np.full(n, 0x80, np.uint8).tobytes(), None))
-        new_inputs[i] = inputs
-    flip = weights | (set() if drop_zp else zps)
-    dropped = zps if drop_zp else set()
-    dtype = FORM_DTYPE[target]
-    with open(out_dir / FLIPPED_DATA, "wb") as sink:
-        out = bytearray()
-        for i, (num, value, raw) in enumerate(items):
-            if i in new_inputs:
-                out += _ld(1, _with_inputs(value, new_inputs[i]))
-            elif num == 5:
-                t = _tensor(value)
-                if t.name in dropped:
-                    continue
-                out += _ld(5, _encode_tensor(_flipped(t, dtype, folder, sink))) if t.name in flip else bytes(raw)
-            elif num in (11, 13) and _value_info_name(value) in dropped:
+            inputs[3] = _zero_point_name(inputs[1])
+        return inputs
+
+
+def _zero_point_name(weight: str) -> str:
+    return f"{weight}_zero_point_u8"
+
+
+def _rewrite_graph(graph, plan: _Plan, folder: Path, sink) -> bytes:
+    out = bytearray()
+    for num, _, value, raw in _fields(graph):
+        if num == 1:
+            out += _ld(1, _rewrite_node(value, plan, folder, sink))
+        elif num == 5:
+            t = _tensor(value)
+            if t.name in plan.dropped:
                 continue
-            elif num in (11, 13) and _value_info_name(value) in flip:
-                out += _ld(num, _retyped_value_info(value, dtype))
-            else:
-                out += bytes(raw)
-        out += b"".join(_ld(5, _encode_tensor(t)) for t in added)
+            out += _ld(5, _encode_tensor(_flipped(t, plan.dtype, folder, sink))) if t.name in plan.flip else bytes(raw)
+        elif num in (11, 12, 13) and _value_info_name(value) in plan.dropped:
+            continue
+        elif num in (11, 12, 13) and _value_info_name(value) in plan.flip:
+            out += _ld(num, _retyped_value_info(value, plan.dtype))
+        else:
+            out += bytes(raw)
+    return bytes(out)
+
+
+def _rewrite_node(node, plan: _Plan, folder: Path, sink) -> bytes:
+    """A node with its inputs in the target form (DynamicQuantizeMatMul) and its subgraphs rewritten."""
+    inputs, op, domain = _node(node)
+    if (op, domain) == DQMM:
+        node = _with_inputs(node, plan.inputs(inputs))
+    if not any(True for _ in _subgraphs(node)):
+        return bytes(node)
+    out = bytearray()
+    for num, _, value, raw in _fields(node):
+        if num != 5:
+            out += bytes(raw)
+            continue
+        attr = bytearray()
+        for n, _, v, r in _fields(value):
+            attr += _ld(n, _rewrite_graph(v, plan, folder, sink)) if n in (6, 11) else bytes(r)
+        out += _ld(5, bytes(attr))
     return bytes(out)
 
 
@@ -277,9 +341,9 @@ def _flipped(t: Tensor, dtype: int, folder: Path, sink) -> Tensor:
 
 
 def external_files(model_bytes: bytes) -> set[str]:
-    """The external data files a graph's main-graph initializers name (the bundle writes at most one)."""
+    """The external data files a graph's initializers name (the bundle writes at most one)."""
     graph = next((v for num, _, v, _ in _fields(model_bytes) if num == 7), b"")
-    return {t.external["location"] for t in (_tensor(v) for num, _, v, _ in _fields(graph) if num == 5)
+    return {t.external["location"] for t in (_tensor(v) for num, v in _graph_items(graph) if num == 5)
             if t.external}
 
 

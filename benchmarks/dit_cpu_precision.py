@@ -6,8 +6,9 @@
 
 The default variants make the whole CPU table of issue 19 (DEFAULT_VARIANTS); the first line printed
 names the CPU and its flags. `int8_*` variants load the int8 graph as the runtime does: `int8_shipped_u8`
-as stored (u8 weights, zero point 128), `int8_s8` rewritten to s8, `int8_chosen` in the form this CPU's
-flags pick (runtime/cpu_features.py, runtime/int8_form.py); `_fused` / `_fa` / `_qb256` add fused
+as stored (u8 weights, zero point 128), `int8_s8` rewritten to s8, `int8_chosen` the graph the int8 export
+writes (MLPs in token chunks) in the form this CPU's flags pick (runtime/cpu_features.py,
+runtime/int8_form.py), `int8_chosen_whole_mlp` the same without the MLP chunks (as shipped before); `_fused` / `_fa` / `_qb256` add fused
 projections, the fused full-attention lowering, or query blocks of 256. `--no-spin` stops thread
 busy-waiting: on a loaded machine CPU time then counts work only.
 
@@ -110,6 +111,22 @@ def export_fp32(root: Path, preset, path: Path, attention: str = "") -> Path:
     return _cached(path, make)
 
 
+def export_int8_bundle_graph(root: Path, path: Path) -> Path:
+    """The DiT graph as `acestep-edge export --precision int8` (CPU) writes it: the default lowering with the
+    MLPs in token chunks, quantised before the chunk markers become Scans (export/bundle.py)."""
+    from acestep_edge.export.graphs import graph_specs
+    from acestep_edge.export.onnx_export import export_program, save_program
+    from acestep_edge.export.precision import apply_precision
+    from acestep_edge.kernels.lowering import default_mlp_chunk
+
+    preset = bench_preset()
+    program = export_program(graph_specs(preset, "none")["dit"], load_dit(root), preset, "standard",
+                             mlp_chunk=default_mlp_chunk(False))
+    apply_precision("dit", "int8", program.model, "cpu")
+    save_program(program, path)
+    return path
+
+
 def _save_ir(model, path: Path) -> Path:
     import onnx_ir as ir
 
@@ -195,8 +212,10 @@ def _q(op, bits, block, symmetric, level, **extra):
                                   accuracy_level=level, provider="cpu", **extra)
 
 
-# name → (base graph: "fp32" or "fused", recipe(src, dst) or None for the base itself)
+# name → (base graph: "fp32" or "fused", recipe(src, dst) or None for the base itself; "bundle": the graph
+# `acestep-edge export --precision int8` writes, MLPs in token chunks)
 RECIPES = {
+    "int8_bundle": ("bundle", None),
     "ort_fp32": ("fp32", None),
     "ort_fp32_fused": ("fused", None),
     "int8_dyn": ("fused", lambda s, d: dynamic_int8(s, d)),
@@ -229,7 +248,8 @@ RECIPES = {
 RUNTIME = {
     "int8_shipped_u8": ("q_int8_u8u8", "u8", {}),
     "int8_s8": ("q_int8_u8u8", "s8", {}),
-    "int8_chosen": ("q_int8_u8u8", "chosen", {}),
+    "int8_chosen": ("int8_bundle", "chosen", {}),
+    "int8_chosen_whole_mlp": ("q_int8_u8u8", "chosen", {}),
     "int8_s8_fused": ("q_int8_u8u8_fused", "s8", {}),
     "int8_s8_fa": ("q_int8_u8u8_fa", "s8", {}),
     "int8_s8_fused_fa": ("q_int8_u8u8_fused_fa", "s8", {}),
@@ -252,6 +272,8 @@ def variant_runtime(name: str) -> tuple[str | None, dict]:
 def build_variant(name: str, work: Path, fp32: Path) -> Path:
     name = RUNTIME[name][0] if name in RUNTIME else name
     base, recipe = RECIPES[name]
+    if base == "bundle":
+        return _cached(work / f"dit_{name}.onnx", lambda p: export_int8_bundle_graph(work / "checkpoint", p))
     kind, _, attention = base.partition("_")  # "fp32" | "fused", then an ATTENTION key ("fa", "qb256")
     attention = f"_{attention}" if attention else ""
     if attention:

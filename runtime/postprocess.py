@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -78,23 +79,49 @@ def tile_windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, 
     return windows
 
 
+def worker_windows(length: int, chunk: int, overlap: int, workers: int) -> list[tuple[int, int, int, int]]:
+    """`tile_windows` for `workers` windows decoded at once: each window's core holds at most chunk // workers
+    frames (so the windows in flight together hold `chunk` frames plus their context, about the memory of
+    one `chunk` window), and a clip shorter than that is split in `workers` equal cores so that every
+    worker has one. Cores never shrink below max(overlap, 16) frames: a shorter core would spend most of
+    its window on context."""
+    if workers <= 1:
+        return tile_windows(length, chunk, overlap)
+    stride = max(min(chunk // workers, math.ceil(length / workers)), overlap, 16)
+    return tile_windows(length, stride + 2 * overlap, overlap)
+
+
 def tiled_decode(decode: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, hop: int,
                  chunk: int = 512, overlap: int = 64,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None, workers: int = 1) -> np.ndarray:
     """latents [1, T, 64] (DiT layout) → audio [channels, T·hop] via `decode([1, 64, frames])`.
 
-    `progress(done, total)` hears each decoded chunk (and 0 before the first).
+    `workers` > 1 decodes that many windows at once from a thread pool (`decode` must be thread-safe, as an
+    ONNX Runtime session's run is; see `worker_windows` for the window sizes). The windows are
+    independent and the overlap discards every sample the window edges reach, so the audio is the same
+    for any number of workers. `progress(done, total)` hears each decoded chunk (and 0 before the first),
+    always from the calling thread.
     """
     z = np.ascontiguousarray(latents.transpose(0, 2, 1))
+    windows = worker_windows(z.shape[-1], chunk, overlap, workers)
+    if progress is not None:
+        progress(0, len(windows))
+
+    def one(window):
+        ws, we, cs, ce = window
+        audio = decode(np.ascontiguousarray(z[:, :, ws:we]))[0]
+        return audio[:, (cs - ws) * hop: audio.shape[-1] - (we - ce) * hop]
+
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(windows))) if workers > 1 else None
     parts = []
-    windows = tile_windows(z.shape[-1], chunk, overlap)
-    for k, (ws, we, cs, ce) in enumerate(windows):
-        if progress is not None and k == 0:
-            progress(0, len(windows))
-        audio = decode(z[:, :, ws:we])[0]
-        parts.append(audio[:, (cs - ws) * hop: audio.shape[-1] - (we - ce) * hop])
-        if progress is not None:
-            progress(k + 1, len(windows))
+    try:
+        for k, part in enumerate(pool.map(one, windows) if pool else map(one, windows)):
+            parts.append(part)
+            if progress is not None:
+                progress(k + 1, len(windows))
+    finally:
+        if pool is not None:  # on an error (or a progress callback that cancels): no window still queued runs
+            pool.shutdown(wait=True, cancel_futures=True)
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 

@@ -130,7 +130,8 @@ class Render:
         start = time.perf_counter()
         audio = tiled_decode(lambda z: bundle.run("vae_decoder", {"latents": z})[0], self.latents,
                              self.pipeline.hop, defaults.vae_chunk, defaults.vae_overlap,
-                             None if self.stages is None else lambda done, n: self.stages("vae_decoder", done, n))
+                             None if self.stages is None else lambda done, n: self.stages("vae_decoder", done, n),
+                             workers=bundle.vae_workers)
         self.timings["vae_decoder"] = time.perf_counter() - start
         # As generate_music: anti-clip the decode, then splice the source back, then normalise.
         audio = self.edit.splice(anticlip(audio), self.pipeline.sample_rate)

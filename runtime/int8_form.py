@@ -215,10 +215,11 @@ def _quant_nodes(graph) -> list[list[str]]:
 def stored_form(model_bytes: bytes) -> tuple[str | None, int]:
     """("u8"/"s8", node count) of a graph's DynamicQuantizeMatMul weights; (None, 0) when it has none."""
     graph = next((v for num, _, v, _ in _fields(model_bytes) if num == 7), b"")
-    weights = {inputs[1] for inputs in _quant_nodes(graph)}
+    quant = _quant_nodes(graph)
+    weights = {inputs[1] for inputs in quant}
     if not weights:
         return None, 0
-    count = len(_quant_nodes(graph))
+    count = len(quant)
     dtypes = {t.dtype for t in (_tensor(v) for num, v in _graph_items(graph) if num == 5) if t.name in weights}
     if dtypes == {UINT8}:
         return "u8", count
@@ -246,9 +247,8 @@ def rewrite_model(model_bytes: bytes, target: str, folder: Path, out_dir: Path) 
 class _Plan:
     """What changes, model-wide (names are unique across a model's graphs, so one plan serves them all)."""
     target: str
-    dtype: int
     drop_zp: bool  # s8 with every zero point 128: drop them (the kernel's cheapest, symmetric path)
-    flip: set[str]  # tensors whose bytes flip (XOR 0x80) and whose type becomes `dtype`
+    flip: set[str]  # tensors whose bytes flip (XOR 0x80) and whose type becomes the target's
     dropped: set[str]  # zero points removed
     added: list[Tensor]  # u8 zero points made for s8 weights stored without one (main graph)
 
@@ -266,8 +266,12 @@ class _Plan:
                     name = _zero_point_name(inputs[1])
                     added[name] = Tensor(name, UINT8, [n], np.full(n, 0x80, np.uint8).tobytes(), None)
         weights = {inputs[1] for inputs in quant}
-        return cls(target, FORM_DTYPE[target], drop_zp, weights | (set() if drop_zp else zps),
+        return cls(target, drop_zp, weights | (set() if drop_zp else zps),
                    zps if drop_zp else set(), [t for name, t in added.items() if name not in tensors])
+
+    @property
+    def dtype(self) -> int:
+        return FORM_DTYPE[self.target]
 
     def inputs(self, inputs: list[str]) -> list[str]:
         """A DynamicQuantizeMatMul node's inputs in the target form."""
@@ -310,7 +314,7 @@ def _rewrite_node(node, plan: _Plan, folder: Path, sink) -> bytes:
     inputs, op, domain = _node(node)
     if (op, domain) == DQMM:
         node = _with_inputs(node, plan.inputs(inputs))
-    if not any(True for _ in _subgraphs(node)):
+    if next(_subgraphs(node), None) is None:
         return bytes(node)
     out = bytearray()
     for num, _, value, raw in _fields(node):

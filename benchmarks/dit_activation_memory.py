@@ -49,11 +49,9 @@ from acestep_edge.runtime.bundle import session_options
 from acestep_edge.runtime.cpu_features import int8_weight_form
 from acestep_edge.runtime.int8_form import staged_model, stored_form
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024  # kB -> MB
-    raise KeyError(key)
+from acestep_edge.bench.system import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+MB = 2 ** 20
 
 path, batch, frames, seq, repeats, threads, arena, mem_pattern, profile = sys.argv[1:10]
 batch, frames, seq, repeats, threads = map(int, (batch, frames, seq, repeats, threads))
@@ -86,14 +84,14 @@ for i in sess.get_inputs():
         feed[i.name] = np.ones(shape, np.float32)
     else:
         feed[i.name] = rng.standard_normal(shape, dtype=np.float32)
-base = status("VmRSS")
-hwm_create = status("VmHWM")
-with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: the forward's own peak from here
-    f.write("5")
+base = rss_bytes() / MB
+hwm_create = peak_rss_bytes() / MB
+if not reset_peak_rss():  # VmHWM from here on: the forward's own peak
+    raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): the forward's peak would include creation")
 t0, c0 = time.perf_counter(), time.process_time()
 out = sess.run(None, feed)[0]
 first = (time.perf_counter() - t0, time.process_time() - c0)
-peak_first = status("VmHWM")
+peak_first = peak_rss_bytes() / MB
 if out.shape != (batch, frames, 64) or not np.isfinite(out).all():
     raise SystemExit(f"bad output: shape {out.shape}, finite {np.isfinite(out).all()}")
 times, cpu = [], []
@@ -101,7 +99,7 @@ for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     sess.run(None, feed)
     times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-peak = status("VmHWM")
+peak = peak_rss_bytes() / MB
 if profile:
     sess.end_profiling()
 res = {"create_s": create_s, "rss_after_create_mb": base, "hwm_create_mb": hwm_create,

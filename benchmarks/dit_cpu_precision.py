@@ -370,11 +370,9 @@ class OrtRunner:
 
 
 def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from acestep_edge.bench.system import peak_rss_bytes
+
+    return peak_rss_bytes() / 2 ** 20
 
 
 def rss_child(name: str, target: str, threads: int) -> None:

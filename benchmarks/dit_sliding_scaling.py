@@ -33,11 +33,9 @@ _CHILD = r"""
 import json, statistics, sys, time
 import numpy as np, onnxruntime as ort
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024  # kB -> MB
-    raise KeyError(key)
+from acestep_edge.bench.system import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+MB = 2 ** 20
 
 path, batch, frames, seq, channels, enc_dim, repeats, threads = sys.argv[1:9]
 batch, frames, seq, channels, enc_dim, repeats, threads = map(int, (batch, frames, seq, channels, enc_dim, repeats, threads))
@@ -49,20 +47,15 @@ feed = {"x": rng.standard_normal((batch, frames, channels), dtype=np.float32),
         "chunk_mask": (rng.random((batch, frames)) > 0.5).astype(np.float32)}
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
 sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-base = status("VmRSS")
-try:  # reset the high-water mark so session creation's own peak does not count
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    reset = True
-except OSError:
-    reset = False
+base = rss_bytes() / MB
+reset = reset_peak_rss()  # so session creation's own peak does not count
 out = sess.run(None, feed)[0]  # warm-up
 if out.shape != (batch, frames, channels) or not np.isfinite(out).all():
     raise SystemExit(f"bad output: shape {out.shape}, finite {np.isfinite(out).all()}")
 times = []
 for _ in range(repeats):
     t0 = time.perf_counter(); sess.run(None, feed); times.append(time.perf_counter() - t0)
-peak = status("VmHWM")
+peak = peak_rss_bytes() / MB
 print(json.dumps({"ms": 1e3 * statistics.median(times), "base_mb": base, "peak_mb": peak,
                   "extra_mb": peak - base, "hwm_reset": reset}))
 """

@@ -44,19 +44,17 @@ _CHILD = r"""
 import json, statistics, sys, time
 import numpy as np, onnxruntime as ort
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024  # kB -> MB
-    raise KeyError(key)
+from acestep_edge.bench.system import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+MB = 2 ** 20
 
 path, batch, tokens, hidden, repeats, threads = sys.argv[1], *map(int, sys.argv[2:7])
 x = np.random.default_rng(0).standard_normal((batch, tokens, hidden), dtype=np.float32)
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
 sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-base = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: session creation's peak does not count
-    f.write("5")
+base = rss_bytes() / MB
+if not reset_peak_rss():  # session creation's peak does not count
+    raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): the peak would include session creation")
 t0, c0 = time.perf_counter(), time.process_time()
 out = sess.run(None, {"x": x})[0]  # warm-up (the reported time when repeats is 0)
 warm = (time.perf_counter() - t0, time.process_time() - c0)
@@ -67,7 +65,7 @@ for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     sess.run(None, {"x": x})
     times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-peak = status("VmHWM")
+peak = peak_rss_bytes() / MB
 if not times:
     times, cpu = [warm[0]], [warm[1]]
 print(json.dumps({"ms": 1e3 * statistics.median(times), "cpu_ms": 1e3 * statistics.median(cpu), "base_mb": base,

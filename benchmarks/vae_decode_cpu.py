@@ -120,13 +120,6 @@ def _static_int8(src: Path, dst: Path) -> None:
 # -- one mode, in its own process -----------------------------------------------------------------------
 
 
-def _vm_hwm() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _decoder(mode: str, work: Path, threads: int):
     if mode.startswith("torch"):
         import torch
@@ -174,6 +167,7 @@ def run_mode(mode: str, work: Path, frames: int, threads: int, repeats: int) -> 
     import os
 
     import numpy as np
+    from acestep_edge.bench.system import peak_rss_bytes
 
     start = time.perf_counter()
     decode = _decoder(mode, work, threads)
@@ -191,7 +185,7 @@ def run_mode(mode: str, work: Path, frames: int, threads: int, repeats: int) -> 
     seconds = frames / LATENT_RATE
     return {"mode": mode, "frames": frames, "load_s": load_s, "wall_s": walls, "cpu_s": cpus,
             "s_per_s": statistics.median(walls) / seconds, "cpu_s_per_s": statistics.median(cpus) / seconds,
-            "peak_rss_bytes": _vm_hwm(), "audio_finite": bool(np.isfinite(audio).all())}
+            "peak_rss_bytes": peak_rss_bytes(), "audio_finite": bool(np.isfinite(audio).all())}
 
 
 # -- driver ---------------------------------------------------------------------------------------------

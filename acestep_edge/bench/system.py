@@ -88,13 +88,26 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size since the last reset (VmHWM), or since start (getrusage) elsewhere."""
+def _proc_status_bytes(key: str) -> int | None:
+    """A kB field of /proc/self/status (Linux) in bytes; None where there is none."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
+    return None
+
+
+def rss_bytes() -> int | None:
+    """Resident set size now (VmRSS); None where /proc is missing."""
+    return _proc_status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last reset (VmHWM), or since start (getrusage) elsewhere."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

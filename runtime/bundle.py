@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .defaults import resolve as resolve_defaults
 from .device import ORT_NAMES, DeviceOptions, provider_entries, provider_report, session_device
 
 BUNDLE_FORMAT = "acestep-edge-bundle"
@@ -97,8 +98,9 @@ class SessionOptions:
     # (runtime/cpu_features.py; the ACESTEP_EDGE_INT8_WEIGHTS variable overrides it).
     int8_weights: str | None = None
     # VAE decode windows run at once on CPU (runtime/postprocess.py `tiled_decode`), each on threads // this
-    # many threads; None = 2 on CPU with ≥ 2 threads, else 1. ONNX Runtime's Sin (the Snake activations) runs
-    # on one thread, so one window at a time leaves the other cores idle a fifth of the decode.
+    # many threads; None = 2 on CPU with ≥ 2 threads and a small tile overlap (Bundle.vae_workers), else 1.
+    # ONNX Runtime's Sin (the Snake activations) runs on one thread, so one window at a time leaves the
+    # other cores idle a fifth of the decode.
     vae_workers: int | None = None
 
     @property
@@ -234,10 +236,18 @@ class Bundle:
 
     @property
     def vae_workers(self) -> int:
-        """VAE decode windows decoded at once (SessionOptions.vae_workers; auto: 2 on CPU with ≥ 2 threads)."""
+        """VAE decode windows decoded at once (SessionOptions.vae_workers; auto: 2 on CPU with ≥ 2 threads when
+        the bundle's tile overlap is at most 1/16 of its window).
+
+        Two windows of chunk/2 frames carry their context twice as often: with the exact 16-frame overlap
+        that is 1.125× the frames (one 512-frame window: 1.07×), which the second core repays; with the
+        official 64 it is 1.5× against 1.33×, which eats the gain, and clips of ≤ 4 overlaps cannot be
+        split at all (one window on half the threads), so such bundles decode one window at a time."""
         if self.options.vae_workers is not None:
             return self.options.vae_workers
-        return 2 if self.options.provider == "cpu" and self._threads() >= 2 else 1
+        tiling = resolve_defaults(self.manifest.get("sampler_defaults"))
+        small_context = 16 * tiling.vae_overlap <= tiling.vae_chunk
+        return 2 if self.options.provider == "cpu" and self._threads() >= 2 and small_context else 1
 
     def session(self, name: str):
         """The ONNX Runtime session of a graph (created once), checked against the manifest's IO."""

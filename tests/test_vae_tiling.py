@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -124,15 +125,24 @@ def test_render_is_the_same_with_one_or_two_vae_workers():
     assert _rel(out[2], out[1]) < 1e-4
 
 
-def test_vae_workers_default_and_validation():
+def test_vae_workers_default_and_validation(tmp_path):
     from acestep_edge.runtime.bundle import Bundle, SessionOptions
 
-    def workers(**kw):
-        return Bundle(acestep_edge.DEMO_BUNDLE, SessionOptions(**kw)).vae_workers
+    def workers(bundle=acestep_edge.DEMO_BUNDLE, **kw):
+        return Bundle(bundle, SessionOptions(**kw)).vae_workers
 
+    assert MANIFEST["sampler_defaults"]["vae_overlap"] == 16  # the exporter's exact overlap
     assert workers(threads=1) == 1 and workers(threads=2) == 2 and workers(threads=8) == 2
     assert workers(threads=8, vae_workers=4) == 4
     assert workers(provider="cuda", threads=8) == 1  # one device: the windows would only queue on it
+    # A bundle with the official 64-frame overlap: two half windows would cost more context than the second
+    # core saves, so it decodes one window at a time unless told.
+    old = tmp_path / "old"
+    shutil.copytree(acestep_edge.DEMO_BUNDLE, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["sampler_defaults"]["vae_overlap"] = OFFICIAL_OVERLAP
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert workers(old, threads=2) == 1 and workers(old, threads=2, vae_workers=2) == 2
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="vae_workers"):
             SessionOptions(vae_workers=bad)
